@@ -1,0 +1,15 @@
+"""ControlNet-LLLite for diffusers SDXL: load kohya's files, attach, train, sample.
+
+    import lllite
+    network = lllite.load("controllllite_v01032064e_sdxl_canny.safetensors")
+    network.apply_to(pipe)            # pipe: a diffusers StableDiffusionXLPipeline
+    network.set_cond_image(canny_image)
+    network.set_multiplier(0.8)
+    image = pipe("a photo of a cat").images[0]
+"""
+from .fileformat import LLLiteFileError, load, save
+from .module import LLLiteModule
+from .network import LLLiteNetwork, create_network
+
+__all__ = ["LLLiteFileError", "LLLiteModule", "LLLiteNetwork", "create_network", "load", "save"]
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""One ControlNet-LLLite module: the math of adapting a single Linear of the UNet.
+
+    y = target(x + multiplier * up(mid(cat(cond_emb, down(x)))))
+
+``cond_emb`` comes from ``conditioning1``, a small strided-conv stack that maps the control image to
+the token grid of the block the target lives in. Parameter names match kohya's files exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def conditioning_stride(depth: int) -> int:
+    """Pixels of control image per embedding cell: 8 (the latent grid), 16 or 32."""
+    return 8 * 2 ** (depth - 1)
+
+
+def token_grid(latent_size: tuple[int, int], depth: int) -> tuple[int, int]:
+    """The token grid (rows, cols) of a UNet block at this depth for a latent of ``latent_size``.
+
+    Each diffusers downsampler is a stride-2 conv with padding 1, so odd sizes round up.
+    """
+    h, w = latent_size
+    for _ in range(depth - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+class LLLiteModule(nn.Module):
+    """The LLLite adapter of one Linear.
+
+    Args:
+        in_dim: the target Linear's ``in_features``.
+        cond_emb_dim: channels E of the conditioning embedding (even; 32 in kohya's canny model).
+        mlp_dim: width M of the down/mid projections (kohya's ``network_dim``; 64 for canny).
+        depth: 1, 2 or 3, the resolution level of the target's block (latent, /2, /4).
+        zero_init: zero ``up`` (weight and bias) so that a fresh module changes nothing.
+    """
+
+    def __init__(self, in_dim: int, cond_emb_dim: int = 32, mlp_dim: int = 64, depth: int = 1, zero_init: bool = True):
+        super().__init__()
+        if cond_emb_dim < 2 or cond_emb_dim % 2:
+            raise ValueError(f"cond_emb_dim must be an even number >= 2, got {cond_emb_dim}")
+        if mlp_dim < 1 or in_dim < 1:
+            raise ValueError(f"mlp_dim and in_dim must be positive, got mlp_dim={mlp_dim}, in_dim={in_dim}")
+        if depth not in (1, 2, 3):
+            raise ValueError(f"depth must be 1, 2 or 3, got {depth}")
+        half = cond_emb_dim // 2
+        layers: list[nn.Module] = [nn.Conv2d(3, half, kernel_size=4, stride=4), nn.ReLU()]
+        if depth == 1:
+            layers.append(nn.Conv2d(half, cond_emb_dim, kernel_size=2, stride=2))
+        elif depth == 2:
+            layers.append(nn.Conv2d(half, cond_emb_dim, kernel_size=4, stride=4))
+        else:
+            layers += [nn.Conv2d(half, half, kernel_size=4, stride=4), nn.ReLU(),
+                       nn.Conv2d(half, cond_emb_dim, kernel_size=2, stride=2)]
+        self.conditioning1 = nn.Sequential(*layers)
+        self.down = nn.Sequential(nn.Linear(in_dim, mlp_dim), nn.ReLU())
+        self.mid = nn.Sequential(nn.Linear(mlp_dim + cond_emb_dim, mlp_dim), nn.ReLU())
+        self.up = nn.Sequential(nn.Linear(mlp_dim, in_dim))
+        self.in_dim, self.cond_emb_dim, self.mlp_dim, self.depth = in_dim, cond_emb_dim, mlp_dim, depth
+        if zero_init:
+            nn.init.zeros_(self.up[0].weight)
+            nn.init.zeros_(self.up[0].bias)
+
+    def embed(self, image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Conditioning embedding as tokens (B, rows*cols, E), row-major like diffusers' transformers.
+
+        Args:
+            image: (B, 3, H, W) in [-1, 1], at least ``grid * conditioning_stride(depth)`` pixels.
+            grid: the token grid of the target's block; the embedding is cropped to it.
+        """
+        emb = self.conditioning1(image)[:, :, : grid[0], : grid[1]]
+        if emb.shape[-2:] != grid:
+            raise ValueError(
+                f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "
+                f"smaller than the block's {grid} token grid"
+            )
+        return emb.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cond_emb: torch.Tensor) -> torch.Tensor:
+        """The change to the target's input, before the multiplier: (B, N, in_dim)."""
+        return self.up(self.mid(torch.cat([cond_emb, self.down(x)], dim=-1)))
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, cond_emb_dim={self.cond_emb_dim}, mlp_dim={self.mlp_dim}, depth={self.depth}"

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+# A UNet with SDXL's block layout at a size that runs in milliseconds: three levels, transformers at
+# the lower two and in the middle, text_time micro-conditioning, two layers per block.
+TINY_UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    block_out_channels=(16, 32, 48),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 1, 2),
+    attention_head_dim=(2, 4, 6),
+    cross_attention_dim=24,
+    norm_num_groups=8,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=4,
+    projection_class_embeddings_input_dim=6 * 4 + 16,
+)
+
+
+def make_tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG).eval()
+    # diffusers zero-inits some output layers; random weights everywhere make comparisons meaningful
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed + 1)
+        for param in unet.parameters():
+            if param.dim() > 1 and not param.abs().sum():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return unet
+
+
+def unet_inputs(batch: int = 2, latent: tuple[int, int] = (8, 8), seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return dict(
+        sample=torch.randn(batch, 4, *latent, generator=generator),
+        timestep=torch.tensor(500),
+        encoder_hidden_states=torch.randn(batch, 7, 24, generator=generator),
+        added_cond_kwargs=dict(
+            text_embeds=torch.randn(batch, 16, generator=generator),
+            time_ids=torch.tensor([[latent[0] * 8, latent[1] * 8, 0, 0, latent[0] * 8, latent[1] * 8]] * batch,
+                                  dtype=torch.float32),
+        ),
+    )
+
+
+def randomize(network, seed: int = 0, scale: float = 0.2):
+    """Non-zero weights everywhere, so that a network visibly changes the UNet's output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return network
+
+
+@pytest.fixture
+def tiny_unet():
+    return make_tiny_unet()
