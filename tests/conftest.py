@@ -1,6 +1,19 @@
+import os
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+
+# The unit tests run tiny models, where one thread beats a thread pool (whose start-up and spinning
+# cost seconds when the cores are busy); full-size checks ask for every core themselves.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def all_cores():
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
 
 # A UNet with SDXL's block layout at a size that runs in milliseconds: three levels, transformers at
 # the lower two and in the middle, text_time micro-conditioning, two layers per block.

@@ -15,6 +15,11 @@ def sdxl():
     return fill_weights(sdxl_unet(device="cpu")).eval()
 
 
+@pytest.fixture(autouse=True)
+def _cores(all_cores):
+    yield
+
+
 def sdxl_inputs(batch=2, latent=(32, 32)):
     g = torch.Generator().manual_seed(0)
     h, w = latent
