@@ -345,3 +345,18 @@ def test_lora_and_lllite_compose_in_either_order(tiny_unet):
     network.set_cond_image(image)
     assert not torch.allclose(expected, lora_only)
     torch.testing.assert_close(run(lllite_first), expected, rtol=0, atol=1e-5)
+
+
+def test_the_network_follows_the_unet_to_its_device(network):
+    # the meta device stands in for a GPU here: moving the UNet moves the network at the next call
+    unet = make_tiny_unet()
+    network.apply_to(unet)
+    network.set_cond_image(control())
+    unet.to("meta")
+    inputs = unet_inputs()
+    inputs = {k: v.to("meta") if torch.is_tensor(v) and k != "timestep" else v for k, v in inputs.items()}
+    inputs["added_cond_kwargs"] = {k: v.to("meta") for k, v in inputs["added_cond_kwargs"].items()}
+    with torch.no_grad():
+        out = unet(**inputs).sample
+    assert out.device.type == "meta" and out.shape == (2, 4, 8, 8)
+    assert {p.device.type for p in network.parameters()} == {"meta"}
