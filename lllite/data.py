@@ -356,7 +356,7 @@ def read_caption(path: Path) -> tuple[str | None, Problem | None]:
     return text, None
 
 
-def _list_images(folder: Path, caption_extension: str | None, problems: list[Problem]) -> tuple[dict[str, Path], set[str]]:
+def list_images(folder: Path, caption_extension: str | None, problems: list[Problem]) -> tuple[dict[str, Path], set[str]]:
     """Image files of one folder by basename, and the basenames that more than one file shares;
     every other entry becomes a problem."""
     by_stem: dict[str, list[Path]] = defaultdict(list)
@@ -394,8 +394,8 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
     if report.problems:
         return report
     try:
-        images, ambiguous_images = _list_images(subset.image_dir, subset.caption_extension, report.problems)
-        conditionings, ambiguous_conditionings = _list_images(subset.conditioning_data_dir, None, report.problems)
+        images, ambiguous_images = list_images(subset.image_dir, subset.caption_extension, report.problems)
+        conditionings, ambiguous_conditionings = list_images(subset.conditioning_data_dir, None, report.problems)
     except OSError as error:
         report.problems.append(Problem(Path(error.filename or subset.image_dir), f"folder cannot be listed ({error.strerror})", ERROR))
         return report
