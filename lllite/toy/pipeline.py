@@ -1,0 +1,235 @@
+"""A tiny SDXL pipeline built locally: same block layout and code path as SDXL, a few MB of weights.
+
+`build_pipeline` makes one with random weights (for unit tests and as the starting point of
+pretraining); `load_pipeline` loads the pretrained weights shipped in ``lllite/toy/weights``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PRETRAIN_COMMAND = "python -m lllite.toy.pretrain"
+
+# Every word a toy caption can use becomes one token; anything else falls back to single characters.
+CAPTION_WORDS = (
+    "a", "an", "the", "of", "on", "photo", "picture", "shape", "background",
+    "red", "green", "blue", "yellow",
+    "circle", "square", "triangle",
+)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Sizes of the tiny SDXL. Channel counts must be divisible by their ``*_norm_groups``."""
+
+    unet_channels: tuple[int, int, int] = (32, 64, 64)
+    unet_heads: tuple[int, int, int] = (1, 2, 2)
+    unet_layers_per_block: int = 1
+    unet_norm_groups: int = 16
+    addition_time_embed_dim: int = 8
+    text_hidden: int = 32
+    text_2_hidden: int = 32
+    text_2_projection: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    max_tokens: int = 16
+    vae_channels: tuple[int, int, int, int] = (8, 16, 32, 32)
+    vae_norm_groups: int = 8
+    vae_layers_per_block: int = 1
+    sample_size: int = 128
+
+
+CONFIGS = {
+    "toy": ToyConfig(),
+    "test": ToyConfig(
+        unet_channels=(8, 16, 16),
+        unet_heads=(1, 1, 2),
+        unet_layers_per_block=1,
+        unet_norm_groups=4,
+        addition_time_embed_dim=4,
+        text_hidden=16,
+        text_2_hidden=16,
+        text_2_projection=8,
+        text_layers=1,
+        text_heads=2,
+        max_tokens=8,
+        vae_channels=(4, 8, 8, 8),
+        vae_norm_groups=4,
+        vae_layers_per_block=1,
+        sample_size=64,
+    ),
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's byte-level alphabet: every byte gets a printable character, so any text can be tokenized."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def _merge_pair(parts: list[str], pair: tuple[str, str]) -> list[str]:
+    merged, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+            merged.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged
+
+
+def make_tokenizer(max_tokens: int) -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the byte alphabet plus `CAPTION_WORDS` as whole words."""
+    alphabet = list(_bytes_to_unicode().values())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
+    # Learn the merges the way BPE training does (most frequent pair first, everywhere at once), so that
+    # encoding a caption word replays its own merges and no other word's merge can split it.
+    words = [list(word[:-1]) + [word[-1] + "</w>"] for word in CAPTION_WORDS]
+    merges = []
+    while any(len(parts) > 1 for parts in words):
+        counts: dict[tuple[str, str], int] = {}
+        for parts in words:
+            for pair in zip(parts, parts[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = max(counts, key=lambda pair: (counts[pair], pair))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        words = [_merge_pair(parts, best) for parts in words]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
+
+
+def _text_config(cfg: ToyConfig, hidden: int, tokenizer: CLIPTokenizer, projection: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        projection_dim=projection,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_tokens,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def make_scheduler() -> EulerDiscreteScheduler:
+    """SDXL's scheduler settings; training uses the same betas (DDPM, epsilon prediction)."""
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=1,
+        interpolation_type="linear",
+        use_karras_sigmas=False,
+    )
+
+
+def build_pipeline(config: str = "toy", seed: int = 0, device="cpu") -> StableDiffusionXLPipeline:
+    """A tiny SDXL pipeline with random weights, built with no network access.
+
+    Args:
+        config: ``"toy"`` (the size that is pretrained and shipped) or ``"test"`` (smaller still, for
+            unit tests that only need the SDXL code path).
+        seed: seeds the random initialisation; the same seed gives the same weights.
+        device: where the pipeline's modules are placed.
+    """
+    if config not in CONFIGS:
+        raise ValueError(f"unknown toy config {config!r}; choose one of {sorted(CONFIGS)}")
+    cfg = CONFIGS[config]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tokenizer = make_tokenizer(cfg.max_tokens)
+        tokenizer_2 = make_tokenizer(cfg.max_tokens)
+        text_encoder = CLIPTextModel(_text_config(cfg, cfg.text_hidden, tokenizer, cfg.text_hidden))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _text_config(cfg, cfg.text_2_hidden, tokenizer_2, cfg.text_2_projection)
+        )
+        unet = UNet2DConditionModel(
+            sample_size=cfg.sample_size // 8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=cfg.unet_channels,
+            layers_per_block=cfg.unet_layers_per_block,
+            transformer_layers_per_block=1,
+            # diffusers reads "attention_head_dim" as a number of heads, as SDXL's own config does.
+            attention_head_dim=cfg.unet_heads,
+            norm_num_groups=cfg.unet_norm_groups,
+            cross_attention_dim=cfg.text_hidden + cfg.text_2_hidden,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=cfg.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=6 * cfg.addition_time_embed_dim + cfg.text_2_projection,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=cfg.vae_channels,
+            layers_per_block=cfg.vae_layers_per_block,
+            latent_channels=4,
+            norm_num_groups=cfg.vae_norm_groups,
+            sample_size=cfg.sample_size,
+            scaling_factor=1.0,
+            force_upcast=False,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=make_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_pipeline(device="cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionXLPipeline:
+    """The pretrained toy SDXL shipped in ``lllite/toy/weights``: "a red circle" draws a red circle.
+
+    Args:
+        device: where the pipeline's modules are placed.
+        dtype: parameter dtype; float32 is the one the weights were trained in.
+    """
+    if not (WEIGHTS_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the toy pipeline weights are missing from {WEIGHTS_DIR}; create them with `{PRETRAIN_COMMAND}`"
+        )
+    pipe = StableDiffusionXLPipeline.from_pretrained(WEIGHTS_DIR, torch_dtype=dtype, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
