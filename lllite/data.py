@@ -391,6 +391,8 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
     for folder, key in ((subset.image_dir, "image_dir"), (subset.conditioning_data_dir, "conditioning_data_dir")):
         if not folder.is_dir():
             report.problems.append(Problem(folder, f"{key} is not a folder", ERROR))
+    if not report.problems and subset.image_dir.resolve() == subset.conditioning_data_dir.resolve():
+        report.problems.append(Problem(subset.conditioning_data_dir, "conditioning_data_dir is image_dir; conditioning images need their own folder", ERROR))
     if report.problems:
         return report
     try:

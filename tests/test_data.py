@@ -81,6 +81,12 @@ def test_missing_folder_is_an_error_not_a_crash(tmp_path):
     assert [(p.action, "image_dir" in p.problem) for p in report.problems] == [("error", True)]
 
 
+def test_conditioning_folder_must_differ_from_the_image_folder(tmp_path):
+    write_pair(tmp_path, tmp_path / "cond", "a")
+    report = pair_subset(SubsetConfig(tmp_path, tmp_path), progress=False)
+    assert report.pairs == [] and report.problems[0].action == "error" and "own folder" in report.problems[0].problem
+
+
 def test_report_json_lists_pairs_and_problems(messy):
     _, report = messy
     data = report.to_json()
