@@ -20,7 +20,7 @@ from data_tools.synthesize import SynthesisConfig, expand_wildcards, read_prompt
 from lllite.conditioning import KINDS, blur, canny, greyscale, make_conditioning, soft_edge
 from lllite.data import PairedDataset, load_dataset_config, load_rgb
 from lllite.toy import build_pipeline
-from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png
+from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png, write_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,24 @@ def test_check_exits_non_zero_when_no_pair_is_usable(tmp_path, capsys):
     assert main(["check", str(tmp_path / "img"), "--conditioning", str(tmp_path / "missing")]) == 1
     output = capsys.readouterr()
     assert "conditioning_data_dir is not a folder" in output.out and "no usable pair" in output.err
+
+
+def test_check_reads_every_subset_of_a_kohya_toml(tmp_path, capsys):
+    make_messy_folder(tmp_path / "messy")
+    write_pair(tmp_path / "clean" / "img", tmp_path / "clean" / "cond", "a")
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(
+        "[[datasets]]\nresolution = 128\n"
+        '[[datasets.subsets]]\nimage_dir = "messy/images"\nconditioning_data_dir = "messy/conditioning"\n'
+        '[[datasets.subsets]]\nimage_dir = "clean/img"\nconditioning_data_dir = "clean/cond"\n'
+    )
+    assert main(["check", "--config", str(toml), "--quiet"]) == 0
+    assert f"{len(MESSY_USABLE) + 1} usable pair(s)" in capsys.readouterr().out
+
+
+def test_check_needs_folders_or_a_config(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == 2
+    assert "--conditioning COND_DIR" in capsys.readouterr().err
 
 
 def test_check_refuses_to_replace_an_existing_report(tmp_path, capsys):
