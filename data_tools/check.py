@@ -42,7 +42,7 @@ def format_table(report: PairingReport, root: Path) -> str:
     if not rows:
         return ""
     width = min(max(len(r[1]) for r in rows), 48)
-    return "\n".join(f"{action:<9}  {file:<{width}}  {problem}" for action, file, problem in rows)
+    return "\n".join(f"{action:<9}  {file:<{width}}  {problem}" for action, file, problem in [("action", "file", "problem")] + rows)
 
 
 def summary(report: PairingReport) -> str:

@@ -295,7 +295,8 @@ def load_rgb(path: str | Path, background: tuple[int, int, int] = IMAGE_BACKGROU
         rgba = image.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, background + (255,))
         flat.alpha_composite(rgba)
-        notes.append(f"{image.mode} transparency flattened onto {'white' if background == IMAGE_BACKGROUND else 'black'}")
+        colour = {IMAGE_BACKGROUND: "white", CONDITIONING_BACKGROUND: "black"}.get(background, f"RGB {background}")
+        notes.append(f"{image.mode} transparency flattened onto {colour}")
         return flat.convert("RGB"), notes
     names = {"P": "palette", "L": "greyscale", "1": "black-and-white", "CMYK": "CMYK"}
     notes.append(f"{names.get(mode, mode)} converted to RGB")
@@ -403,7 +404,7 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
         return report
 
     for stem in sorted(set(conditionings) - set(images)):
-        problem = "its image's basename is ambiguous" if stem in ambiguous_images else "conditioning image without an image of this basename"
+        problem = f"several images are named '{stem}.*', so none is paired" if stem in ambiguous_images else "conditioning image without an image of this basename"
         report.problems.append(Problem(conditionings[stem], problem, SKIPPED))
     for stem in tqdm(sorted(images), desc=f"checking {subset.image_dir.name}", disable=not progress, unit="pair"):
         image_path = images[stem]
