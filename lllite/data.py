@@ -176,7 +176,7 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
     unknown = set(document) - {"general", "datasets"}
     if unknown:
         raise DatasetConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [general] and [[datasets]]")
-    general = _table(path, "general", document.get("general", {}))
+    general = _settings(path, "general", _table(path, "general", document.get("general", {})), _SUBSET_KEYS | _DATASET_KEYS)
     datasets = document.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise DatasetConfigError(f"{path}: no [[datasets]] table; add one with at least one [[datasets.subsets]]")
@@ -188,12 +188,13 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
         subsets = dataset.get("subsets")
         if not isinstance(subsets, list) or not subsets:
             raise DatasetConfigError(f"{path}: {where} has no [[datasets.subsets]]; add one with image_dir and conditioning_data_dir")
-        inherited = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        dataset_settings = _settings(path, where, inherited, _DATASET_KEYS, _SUBSET_KEYS)
+        own = {k: v for k, v in dataset.items() if k != "subsets"}
+        inherited = {**general, **_settings(path, where, own, _SUBSET_KEYS | _DATASET_KEYS)}
         subset_configs = []
         for s, subset in enumerate(subsets):
             subset_where = f"{where}.subsets[{s}]"
-            settings = _settings(path, subset_where, {**inherited, **_table(path, subset_where, subset)}, _SUBSET_KEYS, _DATASET_KEYS)
+            settings = {k: v for k, v in inherited.items() if k in _SUBSET_KEYS}
+            settings.update(_settings(path, subset_where, _table(path, subset_where, subset), _SUBSET_KEYS))
             for key in ("image_dir", "conditioning_data_dir"):
                 if key not in settings:
                     raise DatasetConfigError(f"{path}: {subset_where} needs '{key}'")
@@ -203,6 +204,7 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
             except DatasetConfigError as error:
                 raise DatasetConfigError(f"{path}: {subset_where}: {error}") from None
         try:
+            dataset_settings = {k: v for k, v in inherited.items() if k in _DATASET_KEYS}
             configs.append(DatasetConfig(subsets=subset_configs, **dataset_settings))
         except DatasetConfigError as error:
             raise DatasetConfigError(f"{path}: {where}: {error}") from None
@@ -223,17 +225,20 @@ _KEY_TYPES = {
 }
 
 
-def _settings(path: Path, where: str, table: dict, wanted: set, other_level: set) -> dict:
+def _settings(path: Path, where: str, table: dict, allowed: set) -> dict:
+    """The settings of one TOML table, checked against the keys allowed at its level."""
     settings = {}
     for key, value in table.items():
         if key in _UNSUPPORTED_KOHYA_KEYS:
             if value not in (False, None, ""):
                 raise DatasetConfigError(f"{path}: {where}.{key}: {_UNSUPPORTED_KOHYA_KEYS[key]}")
             continue
-        if key in _IGNORED_KOHYA_KEYS or key in other_level:
+        if key in _IGNORED_KOHYA_KEYS:
             continue
-        if key not in wanted:
-            raise DatasetConfigError(f"{path}: unknown key '{where}.{key}'; known keys: {sorted(_SUBSET_KEYS | _DATASET_KEYS)}")
+        if key in _DATASET_KEYS and key not in allowed:
+            raise DatasetConfigError(f"{path}: '{where}.{key}' is a dataset setting; move it to its [[datasets]] table or [general]")
+        if key not in allowed:
+            raise DatasetConfigError(f"{path}: unknown key '{where}.{key}'; known keys: {sorted(allowed)}")
         expected = _KEY_TYPES[key]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise DatasetConfigError(f"{path}: '{where}.{key}' has the wrong type ({type(value).__name__}): {value!r}")
@@ -243,7 +248,7 @@ def _settings(path: Path, where: str, table: dict, wanted: set, other_level: set
             value = tuple(value)
         settings[key] = value
     ignored = sorted(set(table) & _IGNORED_KOHYA_KEYS)
-    if ignored and wanted is _SUBSET_KEYS:
+    if ignored:
         warnings.warn(f"{path}: {where}: kohya keys {ignored} have no effect on LLLite training here", stacklevel=3)
     return settings
 
