@@ -1,6 +1,7 @@
 """Pairing rules, dataset TOML, bucketing, samples and caches of lllite.data."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -359,3 +360,36 @@ def test_dataset_without_usable_pairs_says_to_run_check(tmp_path):
 def test_dataset_with_missing_folder_names_it(tmp_path):
     with pytest.raises(DatasetConfigError, match="conditioning_data_dir is not a folder"):
         dataset_of(tmp_path, tmp_path / "missing")
+
+
+def test_without_buckets_every_sample_is_cropped_to_the_resolution(clean):
+    subset = SubsetConfig(*clean)
+    dataset = PairedDataset(DatasetConfig([subset], resolution=(128, 64), enable_bucket=False), progress=False)
+    assert {tuple(dataset[i]["image"].shape) for i in range(len(dataset))} == {(3, 64, 128)}
+
+
+def test_each_dataset_keeps_its_own_batch_size(tmp_path):
+    for name in ("one", "two"):
+        for k in range(4):
+            write_pair(tmp_path / name / "img", tmp_path / name / "cond", f"{name}{k}", size=(128, 128), seed=k)
+    configs = [DatasetConfig([SubsetConfig(tmp_path / "one" / "img", tmp_path / "one" / "cond")], resolution=128, batch_size=1),
+               DatasetConfig([SubsetConfig(tmp_path / "two" / "img", tmp_path / "two" / "cond")], resolution=128, batch_size=4)]
+    dataset = PairedDataset(configs, progress=False)
+    sizes = sorted(len(batch) for batch in BucketBatchSampler(dataset))
+    assert sizes == [1, 1, 1, 1, 4]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"caption_dropout_rate": 1.5}, "caption_dropout_rate must be in [0, 1]"),
+    ({"num_repeats": 0}, "num_repeats must be >= 1"),
+])
+def test_subset_settings_are_checked(tmp_path, settings, words):
+    with pytest.raises(DatasetConfigError, match=re.escape(words)):
+        SubsetConfig(tmp_path, tmp_path, **settings)
+
+
+def test_dataset_settings_are_checked(tmp_path):
+    with pytest.raises(DatasetConfigError, match="resolution must be"):
+        DatasetConfig([], resolution=32)
+    with pytest.raises(DatasetConfigError, match="min_bucket_reso <= resolution"):
+        DatasetConfig([], resolution=1024, max_bucket_reso=512)
