@@ -659,11 +659,18 @@ class PairedDataset(torch.utils.data.Dataset):
         for group in groups.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                pixels = torch.stack([
-                    _to_tensor(_render(self.items[todo[k][0]].pair.image, IMAGE_BACKGROUND, self.items[todo[k][0]].placement, todo[k][1]))
-                    for k in chunk
-                ]).to(parameter.device, parameter.dtype)
+                rendered = []
+                for key in chunk:
+                    index, flip = todo[key]
+                    item = self.items[index]
+                    rendered.append(_to_tensor(_render(item.pair.image, IMAGE_BACKGROUND, item.placement, flip)))
+                pixels = torch.stack(rendered).to(parameter.device, parameter.dtype)
                 latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+                if not torch.isfinite(latents).all():
+                    raise FloatingPointError(
+                        f"the VAE returned NaN/inf latents in {parameter.dtype} (SDXL's VAE overflows in float16); "
+                        "encode with vae.to(torch.float32) or an fp16-safe VAE"
+                    )
                 for key, latent in zip(chunk, latents):
                     store.put(key, {"latents": latent.float().cpu().contiguous()})
                 bar.update(len(chunk))
