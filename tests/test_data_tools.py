@@ -299,3 +299,11 @@ def test_synthesize_cli_makes_a_dataset_that_passes_check_and_loads(pipe, tmp_pa
     (dataset_config,) = load_dataset_config(out / "dataset.toml")
     sample = PairedDataset(dataset_config, progress=False)[0]
     assert sample["image"].shape == (3, 64, 64) and sample["caption"] in {"a red circle", "a yellow circle"}
+
+
+def test_toy_shapes_dataset_passes_check_without_a_problem(tmp_path, capsys):
+    from lllite.toy.shapes import write_dataset
+
+    out = write_dataset(tmp_path / "shapes", count=3, size=64)
+    assert main(["check", str(out / "images"), "--conditioning", str(out / "conditioning"), "--quiet"]) == 0
+    assert "3 usable pair(s); 0 conversion(s), 0 file(s) skipped, 0 error(s)" in capsys.readouterr().out
