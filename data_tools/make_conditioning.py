@@ -70,6 +70,8 @@ def make_folder(kind: str, src_dir: Path, out_dir: Path, options: ConditioningOp
     """
     if not src_dir.is_dir():
         raise CommandError(f"SRC_DIR {src_dir} is not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"OUT_DIR {out_dir} is a file; give a folder")
     if out_dir.resolve() == src_dir.resolve():
         raise CommandError("OUT_DIR must differ from SRC_DIR: conditioning images share the images' basenames")
     if workers < 1:

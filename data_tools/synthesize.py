@@ -175,6 +175,8 @@ def synthesize(pipe, config: SynthesisConfig, out_dir: str | Path, progress: boo
         (images generated now, images that were already there).
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"--out {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, config)
     images_dir = out_dir / "images"

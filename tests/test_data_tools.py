@@ -204,6 +204,9 @@ def test_make_conditioning_refuses_bad_options(source, tmp_path):
         make_folder("canny", source, tmp_path / "out", ConditioningOptions(300, 100), progress=False)
     with pytest.raises(CommandError, match="OUT_DIR must differ"):
         make_folder("canny", source, source, progress=False)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(CommandError, match="is a file"):
+        make_folder("canny", source, tmp_path / "file.png", progress=False)
 
 
 # -- synthesize ----------------------------------------------------------------------------------
