@@ -426,13 +426,14 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
 
 
 def _check_pair(image_path: Path, conditioning_path: Path, subset: SubsetConfig, problems: list[Problem]) -> Pair | None:
+    """The pair if usable. Conversions are reported only for pairs that are used; a skipped pair
+    reports the one reason that rules it out."""
     found: list[Problem] = []
     sizes = []
     for path, background in ((image_path, IMAGE_BACKGROUND), (conditioning_path, CONDITIONING_BACKGROUND)):
         try:
             image, notes = load_rgb(path, background)
         except ImageReadError as error:
-            problems.extend(found)
             problems.append(Problem(path, f"not a readable image, truncated or corrupt ({error})", SKIPPED))
             return None
         found.extend(Problem(path, note, CONVERTED) for note in notes)
@@ -454,11 +455,12 @@ def _check_pair(image_path: Path, conditioning_path: Path, subset: SubsetConfig,
         found.append(Problem(conditioning_path, f"conditioning {cond_width}x{cond_height} resized to its image's {width}x{height}", CONVERTED))
     caption_path = image_path.with_suffix(subset.caption_extension)
     caption, caption_problem = read_caption(caption_path)
-    if caption_problem is not None:
-        found.append(caption_problem)
-    problems.extend(found)
     if caption is None:
+        problems.append(caption_problem)
         return None
+    problems.extend(found)
+    if caption_problem is not None:
+        problems.append(caption_problem)
     return Pair(image_path, conditioning_path, caption_path if caption_path.is_file() else None, caption, (width, height))
 
 

@@ -27,7 +27,7 @@ from lllite.data import (
     place,
     read_caption,
 )
-from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, write_pair
+from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png, write_pair
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,15 @@ def test_pairs_record_caption_text_and_upright_size(messy):
     assert pairs["nocaption"].caption == "" and pairs["nocaption"].caption_path is None
     assert pairs["rotated"].size == (64, 96)
     assert pairs["good"].conditioning.parent.name == "conditioning"
+
+
+def test_a_skipped_pair_reports_only_the_reason_it_is_skipped(tmp_path):
+    rgba = np.dstack([gradient(96, 64), np.full((64, 96), 128, np.uint8)])
+    save(tmp_path / "img" / "a.png", rgba)
+    truncated_png(tmp_path / "cond" / "a.png")
+    report = pair_subset(SubsetConfig(tmp_path / "img", tmp_path / "cond"), progress=False)
+    assert [(p.file.name, p.action) for p in report.problems] == [("a.png", "skipped")]
+    assert report.problems[0].file.parent.name == "cond"
 
 
 def test_missing_folder_is_an_error_not_a_crash(tmp_path):
