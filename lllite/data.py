@@ -124,9 +124,14 @@ class DatasetConfig:
             )
         if self.batch_size < 1:
             raise DatasetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.bucket_reso_steps < 8 or self.bucket_reso_steps % 8:
-            raise DatasetConfigError(f"bucket_reso_steps must be a multiple of 8, got {self.bucket_reso_steps}")
+        if self.bucket_reso_steps < 32 or self.bucket_reso_steps % 32:
+            raise DatasetConfigError(
+                f"bucket_reso_steps must be a multiple of 32 (LLLite's deepest embedding is 1/32 of the image), got {self.bucket_reso_steps}"
+            )
         step = self.bucket_reso_steps
+        if any(side % step for side in self.resolution):
+            nearest = tuple(max(step, round(side / step) * step) for side in self.resolution)
+            raise DatasetConfigError(f"resolution sides must be multiples of bucket_reso_steps {step}, got {self.resolution}; use {nearest}")
         if self.min_bucket_reso is None:
             self.min_bucket_reso = max(step, min(self.resolution) // 4 // step * step)
         if self.max_bucket_reso is None:

@@ -400,5 +400,7 @@ def test_subset_settings_are_checked(tmp_path, settings, words):
 def test_dataset_settings_are_checked(tmp_path):
     with pytest.raises(DatasetConfigError, match="resolution must be"):
         DatasetConfig([], resolution=32)
+    with pytest.raises(DatasetConfigError, match=re.escape("use (1024, 960)")):
+        DatasetConfig([], resolution=(1000, 950))
     with pytest.raises(DatasetConfigError, match="min_bucket_reso <= resolution"):
         DatasetConfig([], resolution=1024, max_bucket_reso=512)
