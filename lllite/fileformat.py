@@ -138,9 +138,11 @@ def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = 
         path: the ``.safetensors`` file (``.pt``/``.ckpt`` are read with ``weights_only=True``).
         dtype: dtype of the returned network's parameters.
         device: where to put them.
+
+    Returns the network in eval mode, ready for inference; call ``.train()`` to fine-tune it.
     """
     tensors, metadata = read_state_dict(path)
-    return network_from_state_dict(tensors, metadata, source=str(path), dtype=dtype).to(device)
+    return network_from_state_dict(tensors, metadata, source=str(path), dtype=dtype).to(device).eval()
 
 
 def default_metadata(network: LLLiteNetwork) -> dict[str, str]:

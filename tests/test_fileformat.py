@@ -49,6 +49,11 @@ def test_files_of_any_float_dtype_load(network, tmp_path, dtype):
     assert next(lllite.load(path, dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
 
 
+def test_a_loaded_network_is_ready_for_inference(network, tmp_path):
+    network.save(tmp_path / "n.safetensors")
+    assert not lllite.load(tmp_path / "n.safetensors").training
+
+
 def test_dimensions_and_depths_are_read_from_the_tensors(tmp_path):
     unet = make_tiny_unet()
     network = lllite.create_network(unet, cond_emb_dim=16, mlp_dim=24, up_path=True)
