@@ -259,12 +259,13 @@ class LLLiteNetwork(nn.Module):
             parameter = next(self.parameters())
             if parameter.device != sample.device:
                 self.to(sample.device)
-        self._step_active = timestep is None or self._in_step_range(float(torch.as_tensor(timestep).flatten()[0]))
+        self._step_active = timestep is None or self._in_step_range(timestep)
 
     # ------------------------------------------------------------------ the hooked computation
-    def _in_step_range(self, timestep: float) -> bool:
+    def _in_step_range(self, timestep) -> bool:
         if (self.guidance_start, self.guidance_end) == (0.0, 1.0):
-            return True
+            return True  # without reading the timestep, which would wait for the GPU
+        timestep = float(torch.as_tensor(timestep).flatten()[0])
         timesteps = getattr(self._attachment.scheduler, "timesteps", None)
         if timesteps is not None and len(timesteps):
             steps = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
