@@ -258,6 +258,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
     pipe.vae.register_to_config(scaling_factor=float(1 / sampled.std()))
     print(f"VAE scaling_factor {pipe.vae.config.scaling_factor:.4f} (latent mean {sampled.mean():.3f})")
+    with torch.no_grad():
+        reconstruction = pipe.vae.decode(latent_mean[:64]).sample
+    print(f"VAE reconstruction L1 on 64 training images: {F.l1_loss(reconstruction, pixels[:64]).item():.4f} (range -1..1)")
     del pixels
 
     train_unet(pipe, latent_mean, latent_std, captions, cfg)
