@@ -232,6 +232,8 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         pipe.save_pretrained(staging)
+        # mkdtemp makes the folder private; the weights are package data that every user must read.
+        staging.chmod(0o755)
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
             os.replace(out_dir, retired / out_dir.name)
