@@ -48,7 +48,7 @@ def build(config: BenchConfig) -> dict:
 
 
 def rounds_at(size: int, models: dict, config: BenchConfig) -> dict:
-    """The timed rounds at one image size; each returns ``{variant: seconds}``."""
+    """The timed rounds at one image size; each returns ``{variant: Timing}``."""
     unet, controlnet, adapter = models["unet"], models["controlnet"], models["t2i_adapter"]
     inputs = unet_inputs(size, BATCH, config)
     image = control_image(size, 1, config)
@@ -91,14 +91,16 @@ def rounds_at(size: int, models: dict, config: BenchConfig) -> dict:
     }
 
 
-def report(size: int, stats: dict) -> None:
-    print(f"\n{size}x{size}, batch {BATCH} (CFG), per denoising step:")
-    print(f"  {'variant':<18}{'median s':>10}{'x UNet':>9}")
-    for name in ORDER:
-        print(f"  {name:<18}{stats[name]['median_s']:>10.3f}{stats[name]['ratio']:>9.3f}")
-    print("  once per control image:")
-    for name in ONCE:
-        print(f"  {name:<22}{stats[name]['median_s']:>6.3f} s  ({stats[name]['ratio']:.3f} of a bare step)")
+def report(size: int, stats: dict, config: BenchConfig) -> None:
+    cpu = config.device == "cpu"
+    print(f"\n{size}x{size}, batch {BATCH} (CFG), per denoising step, medians:")
+    print(f"  {'variant':<22}{'wall s':>9}{'x UNet':>8}" + (f"{'CPU s':>9}{'x UNet':>8}" if cpu else ""))
+    for name in ORDER + ONCE:
+        row = stats[name]
+        if name == ONCE[0]:
+            print("  once per control image (x UNet: a fraction of one bare step):")
+        print(f"  {name:<22}{row['median_s']:>9.3f}{row['ratio']:>8.3f}"
+              + (f"{row['cpu_median_s']:>9.3f}{row['cpu_ratio']:>8.3f}" if cpu else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             times = interleaved(rounds_at(size, models, config), config.repeats, config.warmup, progress=f"{size}px")
             stats = summary(times, baseline="unet")
             results["sizes"][str(size)] = stats
-            report(size, stats)
+            report(size, stats, config)
             path = write_results(config, "inference", results)  # after every size: a long run keeps what it measured
     print(f"\nwrote {path}")
 

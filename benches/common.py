@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,7 @@ class BenchConfig:
         repeats: interleaved repetitions per variant; the medians are reported.
         warmup: untimed rounds through every variant before timing.
         quick: the few-minutes setting (recorded in the results).
+        threads: CPU threads for PyTorch (None: its default, one per core).
         out: where the JSON goes.
         overwrite: replace ``out`` if it exists.
     """
@@ -54,6 +55,7 @@ class BenchConfig:
     repeats: int = 5
     warmup: int = 1
     quick: bool = False
+    threads: int | None = None
     out: Path | None = None
     overwrite: bool = False
 
@@ -74,6 +76,8 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
     parser.add_argument("--repeats", type=int, help="interleaved repetitions per variant (default 5, --quick 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions: minutes on a CPU")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core); on a machine shared with "
+                        "other work, 1 keeps threads from waiting on each other")
     parser.add_argument("--out", type=Path, help=f"JSON results file (default benches/results/{name}_<device>_<time>.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
@@ -89,13 +93,15 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
     if bad:
         parser.exit(2, f"{parser.prog}: error: --sizes must be positive multiples of 32 (LLLite's coarsest grid), got {bad}\n")
     repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1 or args.warmup < 0:
-        parser.exit(2, f"{parser.prog}: error: --repeats must be >= 1 and --warmup >= 0\n")
+    if repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.exit(2, f"{parser.prog}: error: --repeats and --threads must be >= 1, --warmup >= 0\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS_DIR / f"{name}_{device.split(':')[0]}_{stamp}.json"
     if out.exists() and not args.overwrite:
         parser.exit(2, f"{parser.prog}: error: {out} exists; pass --overwrite to replace it or choose another --out\n")
-    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, out, args.overwrite)
+    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -160,7 +166,8 @@ def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: 
     time_ids = torch.tensor([[size, size, 0, 0, size, size]] * batch, dtype=dtype, device=device)
     return dict(
         sample=randn(batch, 4, latent, latent),
-        timestep=torch.tensor(500.0, device=device),
+        # on meta the UNet moves it itself; LLLite reads its value, which a meta tensor has not
+        timestep=torch.tensor(500.0, device="cpu" if device == "meta" else device),
         encoder_hidden_states=randn(batch, PROMPT_TOKENS, 2048),
         added_cond_kwargs=dict(text_embeds=randn(batch, 1280), time_ids=time_ids),
     )
@@ -187,27 +194,39 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
-    """Wall-clock seconds of one call, waiting for the GPU to finish."""
+class Timing(NamedTuple):
+    """Seconds of one call: wall clock, and CPU time of this process (all its threads).
+
+    On a CPU shared with other work, wall time counts the time other programs held the cores; the
+    process's CPU time counts only the work done, so its ratios stay fair under load. On a GPU only
+    wall time means anything.
+    """
+
+    wall_s: float
+    cpu_s: float
+
+
+def timed(fn: Callable[[], object], device: str) -> Timing:
+    """Time one call, waiting for the GPU to finish."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def interleaved(rounds: dict[str, Callable[[], dict[str, float]]], repeats: int, warmup: int,
-                progress: str = "") -> dict[str, list[float]]:
+def interleaved(rounds: dict[str, Callable[[], dict[str, Timing]]], repeats: int, warmup: int,
+                progress: str = "") -> dict[str, list[Timing]]:
     """Run every round ``repeats`` times, interleaved, rotating the order each repetition.
 
-    A round returns ``{variant: seconds}`` (one round may time two variants that share setup).
+    A round returns ``{variant: Timing}`` (one round may time two variants that share setup).
     Interleaving spreads slow drifts (thermal state, other load on the machine) over every variant
     alike, so the ratios of medians stay fair where absolute times wander.
     """
     from tqdm import tqdm
 
     names = list(rounds)
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[Timing]] = {}
     total = (warmup + repeats) * len(names)
     with tqdm(total=total, desc=progress, unit="round", file=sys.stderr) as bar:
         for rep in range(warmup + repeats):
@@ -216,20 +235,23 @@ def interleaved(rounds: dict[str, Callable[[], dict[str, float]]], repeats: int,
                 bar.set_postfix_str(name)
                 result = rounds[name]()
                 if rep >= warmup:
-                    for variant, seconds in result.items():
-                        times.setdefault(variant, []).append(seconds)
+                    for variant, timing in result.items():
+                        times.setdefault(variant, []).append(timing)
                 bar.update()
     return times
 
 
-def summary(times: dict[str, list[float]], baseline: str) -> dict[str, dict]:
-    """Median seconds and the ratio of medians to ``baseline``, per variant."""
-    base = statistics.median(times[baseline])
-    return {
-        name: {"median_s": statistics.median(values), "ratio": statistics.median(values) / base,
-               "min_s": min(values), "max_s": max(values), "runs_s": values}
-        for name, values in times.items()
-    }
+def summary(times: dict[str, list[Timing]], baseline: str) -> dict[str, dict]:
+    """Per variant: median wall and CPU seconds, their ratios of medians to ``baseline``, every run."""
+    base_wall = statistics.median(t.wall_s for t in times[baseline])
+    base_cpu = statistics.median(t.cpu_s for t in times[baseline])
+    stats = {}
+    for name, timings in times.items():
+        wall, cpu = [t.wall_s for t in timings], [t.cpu_s for t in timings]
+        stats[name] = {"median_s": statistics.median(wall), "ratio": statistics.median(wall) / base_wall,
+                       "cpu_median_s": statistics.median(cpu), "cpu_ratio": statistics.median(cpu) / base_cpu,
+                       "runs_s": wall, "cpu_runs_s": cpu}
+    return stats
 
 
 # ---------------------------------------------------------------------------------------- memory
