@@ -30,11 +30,16 @@ COLORS = {"lllite": "tab:green", "lllite_naive": "tab:olive", "lllite_up": "tab:
 
 
 def load(paths: list[Path]) -> dict[str, dict]:
+    """The documents by benchmark; several inference runs (one size each, say) merge into one."""
     documents = {}
     for path in paths:
         try:
             document = json.loads(path.read_text())
-            documents[document["benchmark"]] = document
+            kind = document["benchmark"]
+            if kind == "inference" and kind in documents:
+                documents[kind]["results"]["sizes"].update(document["results"]["sizes"])
+            else:
+                documents[kind] = document
         except (OSError, ValueError, KeyError) as error:
             sys.exit(f"error: {path} is not a benchmark result written by benches/ ({error})")
     if "inference" not in documents and "counts" not in documents:
@@ -43,21 +48,31 @@ def load(paths: list[Path]) -> dict[str, dict]:
 
 
 def plot_measured(ax, document: dict) -> None:
-    sizes = list(document["results"]["sizes"])
+    """Ratios of medians; on a CPU those of process CPU time, which other load on the machine does not inflate."""
+    sizes = sorted(document["results"]["sizes"], key=int)
     variants = [v for v in LABELS if v in document["results"]["sizes"][sizes[0]]]
+    on_cpu = document["config"]["device"] == "cpu"
+    key, runs, median = ("cpu_ratio", "cpu_runs_s", "cpu_median_s") if on_cpu else ("ratio", "runs_s", "median_s")
     width = 0.8 / len(variants)
+    top = 1.1
     for i, variant in enumerate(variants):
-        ratios = [document["results"]["sizes"][s][variant]["ratio"] for s in sizes]
+        rows = [document["results"]["sizes"][s] for s in sizes]
+        ratios = [row[variant][key] for row in rows]
+        # whiskers: the fastest and slowest repetition against the bare UNet's median
+        low = [r - min(row[variant][runs]) / row["unet"][median] for r, row in zip(ratios, rows)]
+        high = [max(row[variant][runs]) / row["unet"][median] - r for r, row in zip(ratios, rows)]
         xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(sizes))]
-        ax.bar(xs, ratios, width, label=LABELS[variant], color=COLORS[variant])
+        ax.bar(xs, ratios, width, yerr=[low, high], capsize=2, label=LABELS[variant], color=COLORS[variant])
+        top = max(top, max(r + h for r, h in zip(ratios, high)))
+    ax.set_ylim(0.8, top + 0.05)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.axhline(1.05, color="tab:green", lw=0.8, ls="--", label="target for LLLite: 1.05")
     ax.set_xticks(range(len(sizes)), [f"{s} px" for s in sizes])
-    ax.set_ylabel("step time / bare UNet (median)")
+    ax.set_ylabel(("CPU" if on_cpu else "wall") + " time per step / bare UNet (medians)")
     machine = document["machine"]
-    device = machine.get("gpu") or f"{machine['cpu']}, {machine['cpu_threads']} threads"
-    ax.set_title(f"Measured, batch 2 (CFG), {document['config']['dtype']}\n{device}", fontsize=9)
-    ax.legend(fontsize=7)
+    device = machine.get("gpu") or f"{machine['cpu']}, threads: {machine['cpu_threads']}"
+    ax.set_title(f"Measured per step, batch 2 (CFG), {document['config']['dtype']}\n{device}", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
 
 
 def plot_counted(ax, document: dict) -> None:
