@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benches.common import (BenchConfig, control_image, controlnet_meta, interleaved, lllite_embeddings,  # noqa: E402
+from benches.common import (BenchConfig, Timing, control_image, controlnet_meta, interleaved, lllite_embeddings,  # noqa: E402
                             lllite_network, materialize, parameter_count, parse_config, require_memory,
                             sdxl_unet_meta, summary, t2i_adapter_meta, timed, unet_inputs, write_results)
 
@@ -67,7 +67,7 @@ def rounds_at(size: int, models: dict, config: BenchConfig) -> dict:
     def with_adapter():
         return unet(**inputs, down_intrablock_additional_residuals=[s.clone() for s in adapter_state])
 
-    def lllite_round(key: str) -> dict[str, float]:
+    def lllite_round(key: str) -> dict[str, Timing]:
         network = models[key].apply_to(unet)
         try:
             network.set_cond_image(image)  # clears the cache: the first step computes every embedding
