@@ -1,0 +1,384 @@
+"""What every benchmark shares: the models at SDXL's real size, their inputs, timing, memory, results.
+
+Every model is built from its configuration on the ``meta`` device, cast there (free), and only then
+given memory in the benchmark's dtype, so a bf16 run never holds an fp32 copy. Weights are filled
+locally (:func:`lllite.sdxl.fill_weights`): timings do not depend on the values, and nothing is
+downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+
+import lllite
+from lllite.module import token_grid
+from lllite.sdxl import fill_weights, sdxl_unet
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROMPT_TOKENS = 77  # one CLIP context, as SDXL pipelines pass for a short prompt
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BenchConfig:
+    """Settings every benchmark script takes from its command line.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (or ``cuda:N``).
+        dtype: weights and activations of every model, one of :data:`DTYPES`.
+        sizes: square image sizes in pixels (multiples of 32).
+        repeats: interleaved repetitions per variant; the medians are reported.
+        warmup: untimed rounds through every variant before timing.
+        quick: the few-minutes setting (recorded in the results).
+        threads: CPU threads for PyTorch (None: its default, one per core).
+        out: where the JSON goes.
+        overwrite: replace ``out`` if it exists.
+    """
+
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    sizes: list[int] = field(default_factory=lambda: [512])
+    repeats: int = 5
+    warmup: int = 1
+    quick: bool = False
+    threads: int | None = None
+    out: Path | None = None
+    overwrite: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def parse_config(name: str, description: str, sizes: list[int], quick_sizes: list[int],
+                 argv: list[str] | None = None) -> BenchConfig:
+    """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="default: bfloat16 on cpu (half the memory of float32, and faster on CPUs "
+                             "with bf16 instructions), float16 on cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"image sizes in pixels (default {sizes}, --quick {quick_sizes})")
+    parser.add_argument("--repeats", type=int, help="interleaved repetitions per variant (default 5, --quick 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions: minutes on a CPU")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core); on a machine shared with "
+                        "other work, 1 keeps threads from waiting on each other")
+    parser.add_argument("--out", type=Path, help=f"JSON results file (default benches/results/{name}_<device>_<time>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, f"{parser.prog}: error: --device {device}: this PyTorch sees no CUDA GPU; use --device cpu\n")
+    if not (device == "cpu" or device.startswith("cuda")):
+        parser.exit(2, f"{parser.prog}: error: --device must be cpu or cuda[:N], got {device!r}\n")
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "bfloat16")
+    chosen = args.sizes or (quick_sizes if args.quick else sizes)
+    bad = [s for s in chosen if s <= 0 or s % 32]
+    if bad:
+        parser.exit(2, f"{parser.prog}: error: --sizes must be positive multiples of 32 (LLLite's coarsest grid), got {bad}\n")
+    repeats = args.repeats or (3 if args.quick else 5)
+    if repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.exit(2, f"{parser.prog}: error: --repeats and --threads must be >= 1, --warmup >= 0\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS_DIR / f"{name}_{device.split(':')[0]}_{stamp}.json"
+    if out.exists() and not args.overwrite:
+        parser.exit(2, f"{parser.prog}: error: {out} exists; pass --overwrite to replace it or choose another --out\n")
+    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite)
+
+
+# ---------------------------------------------------------------------------------------- models
+def materialize(model: nn.Module, config: BenchConfig, seed: int = 0) -> nn.Module:
+    """Give a meta-device model memory in the benchmark's dtype and device, then fill it."""
+    model = nn.Module.to(model, config.torch_dtype)  # on meta: costs nothing
+    model = model.to_empty(device=config.device)
+    return fill_weights(model, seed).eval().requires_grad_(False)
+
+
+def sdxl_unet_meta() -> nn.Module:
+    """SDXL's UNet on the meta device (no memory): for counting, and as the template of the others."""
+    return sdxl_unet(device="meta")
+
+
+def controlnet_meta(unet: nn.Module) -> nn.Module:
+    """diffusers' SDXL ControlNet (``ControlNetModel.from_unet``), on the meta device.
+
+    The published SDXL ControlNets (e.g. diffusers/controlnet-canny-sdxl-1.0) have this architecture:
+    a copy of the UNet's encoder and middle block plus a conditioning embedding.
+    """
+    from diffusers import ControlNetModel
+
+    with torch.device("meta"):
+        return ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+
+
+def t2i_adapter_meta() -> nn.Module:
+    """diffusers' SDXL T2I-Adapter on the meta device, with the config of TencentARC's SDXL adapters."""
+    from diffusers import T2IAdapter
+
+    with torch.device("meta"):
+        return T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2,
+                          downscale_factor=16, adapter_type="full_adapter_xl")
+
+
+def lllite_network(unet: nn.Module, up_path: bool, config: BenchConfig | None = None, seed: int = 1):
+    """kohya's canny dimensions (cond_emb_dim 32, mlp_dim 64), weights filled so no module is a no-op."""
+    network = lllite.create_network(unet, cond_emb_dim=32, mlp_dim=64, up_path=up_path)
+    if config is not None:
+        network = network.to(device=config.device, dtype=config.torch_dtype)
+    return fill_weights(network, seed)
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: int = 0) -> dict:
+    """UNet keyword arguments for one denoising step at ``size`` x ``size`` pixels, as SDXL pipelines pass them."""
+    device = "meta" if config is None else config.device
+    dtype = torch.float32 if config is None else config.torch_dtype
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        if device == "meta":
+            return torch.empty(shape, device="meta", dtype=dtype)
+        return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+    latent = size // 8
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]] * batch, dtype=dtype, device=device)
+    return dict(
+        sample=randn(batch, 4, latent, latent),
+        # on meta the UNet moves it itself; LLLite reads its value, which a meta tensor has not
+        timestep=torch.tensor(500.0, device="cpu" if device == "meta" else device),
+        encoder_hidden_states=randn(batch, PROMPT_TOKENS, 2048),
+        added_cond_kwargs=dict(text_embeds=randn(batch, 1280), time_ids=time_ids),
+    )
+
+
+def control_image(size: int, batch: int, config: BenchConfig | None = None, seed: int = 2) -> torch.Tensor:
+    """A control image (batch, 3, size, size) in [-1, 1]."""
+    if config is None:
+        return torch.empty(batch, 3, size, size, device="meta")
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    return image.to(device=config.device, dtype=config.torch_dtype)
+
+
+def lllite_embeddings(network, image: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Every module's conditioning embedding: the work LLLite does once per control image."""
+    latent = (size // 8, size // 8)
+    return [module.embed(image, token_grid(latent, module.depth)) for _, module in network.lllite_modules()]
+
+
+# ---------------------------------------------------------------------------------------- timing
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+class Timing(NamedTuple):
+    """Seconds of one call: wall clock, and CPU time of this process (all its threads).
+
+    On a CPU shared with other work, wall time counts the time other programs held the cores; the
+    process's CPU time counts only the work done, so its ratios stay fair under load. On a GPU only
+    wall time means anything.
+    """
+
+    wall_s: float
+    cpu_s: float
+
+
+def timed(fn: Callable[[], object], device: str) -> Timing:
+    """Time one call, waiting for the GPU to finish."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def interleaved(rounds: dict[str, Callable[[], dict[str, Timing]]], repeats: int, warmup: int,
+                progress: str = "") -> dict[str, list[Timing]]:
+    """Run every round ``repeats`` times, interleaved, rotating the order each repetition.
+
+    A round returns ``{variant: Timing}`` (one round may time two variants that share setup).
+    Interleaving spreads slow drifts (thermal state, other load on the machine) over every variant
+    alike, so the ratios of medians stay fair where absolute times wander.
+    """
+    from tqdm import tqdm
+
+    names = list(rounds)
+    times: dict[str, list[Timing]] = {}
+    total = (warmup + repeats) * len(names)
+    with tqdm(total=total, desc=progress, unit="round", file=sys.stderr) as bar:
+        for rep in range(warmup + repeats):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                bar.set_postfix_str(name)
+                result = rounds[name]()
+                if rep >= warmup:
+                    for variant, timing in result.items():
+                        times.setdefault(variant, []).append(timing)
+                bar.update()
+    return times
+
+
+def summary(times: dict[str, list[Timing]], baseline: str) -> dict[str, dict]:
+    """Per variant: median wall and CPU seconds, their ratios of medians to ``baseline``, every run."""
+    base_wall = statistics.median(t.wall_s for t in times[baseline])
+    base_cpu = statistics.median(t.cpu_s for t in times[baseline])
+    stats = {}
+    for name, timings in times.items():
+        wall, cpu = [t.wall_s for t in timings], [t.cpu_s for t in timings]
+        stats[name] = {"median_s": statistics.median(wall), "ratio": statistics.median(wall) / base_wall,
+                       "cpu_median_s": statistics.median(cpu), "cpu_ratio": statistics.median(cpu) / base_cpu,
+                       "runs_s": wall, "cpu_runs_s": cpu}
+    return stats
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name}; CPU peak memory needs Linux")
+
+
+def release_freed_memory(device: str) -> None:
+    """Hand freed memory back (glibc heap, CUDA cache) so the next peak starts from what is live."""
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    elif sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory above the starting point within a ``with`` block, in bytes.
+
+    On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the process's peak resident set (VmHWM),
+    reset on entry through ``/proc/self/clear_refs`` (Linux); it counts every allocation, PyTorch's
+    and the allocator's slack alike.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.extra_bytes = 0
+        self.start_bytes = 0
+
+    def __enter__(self) -> "PeakMemory":
+        release_freed_memory(self.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")
+            self.start_bytes = _status_kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        if self.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _status_kib("VmHWM") * 1024
+        self.extra_bytes = peak - self.start_bytes
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of the machine (Linux)."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+def require_memory(config: BenchConfig, needed_gib: float) -> None:
+    """Refuse to start a CPU run that would push the machine into swapping or the OOM killer."""
+    if config.device != "cpu":
+        return
+    available = available_memory_bytes() / 2**30
+    if available < needed_gib:
+        sys.exit(f"error: this benchmark needs about {needed_gib:.0f} GiB of free memory at --dtype {config.dtype}; "
+                 f"{available:.1f} GiB are available. Close other programs or use a smaller --dtype.")
+
+
+# ---------------------------------------------------------------------------------------- results
+def machine(config: BenchConfig) -> dict:
+    info = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    if config.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(config.device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(config: BenchConfig, benchmark: str, results: dict) -> Path:
+    """Write the JSON atomically: the command, the settings, the machine, the results."""
+    document = {
+        "benchmark": benchmark,
+        "command": " ".join(["python"] + sys.argv),
+        "config": {**asdict(config), "out": str(config.out)},
+        "machine": machine(config),
+        "results": results,
+    }
+    path = config.out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
