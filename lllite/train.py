@@ -502,8 +502,9 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     output_dir = Path(config.output_dir)
     logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "logs"
     tensorboard = importlib.util.find_spec("tensorboard") is not None
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard" if tensorboard else None,
-                              project_dir=str(logging_dir))
+    # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                              log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     final = output_dir / f"{config.output_name}.safetensors"
