@@ -412,6 +412,21 @@ def _reset_accelerate_for(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def _usable_precision(mixed_precision: str) -> str:
+    """The requested mixed precision, or fp16 on a GPU without bf16 arithmetic (a Colab T4)."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    if mixed_precision == "bf16" and torch.cuda.is_available():
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            native = torch.cuda.is_bf16_supported()
+        if not native:
+            print("mixed_precision bf16: this GPU has no bf16 arithmetic (e.g. a T4); training in fp16 instead")
+            return "fp16"
+    return mixed_precision
+
+
 def _make_optimizer(config: TrainConfig, parameters, accelerator):
     if config.optimizer_type == "adamw8bit":
         if importlib.util.find_spec("bitsandbytes") is not None and accelerator.device.type == "cuda":
@@ -438,7 +453,8 @@ def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
     return configs, name
 
 
-def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str) -> dict[str, str]:
+def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str,
+              mixed_precision: str) -> dict[str, str]:
     resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
     return {
         "ss_network_module": "networks.control_net_lllite",
@@ -456,7 +472,7 @@ def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int
         "ss_batch_size_per_device": json.dumps(sorted({c.batch_size for c in dataset.configs})),
         "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
         "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
-        "ss_mixed_precision": config.mixed_precision,
+        "ss_mixed_precision": mixed_precision,
         "ss_seed": str(config.seed),
         "ss_noise_offset": str(config.noise_offset),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
@@ -496,14 +512,13 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    _reset_accelerate_for(config.mixed_precision)
+    mixed_precision = _usable_precision(config.mixed_precision)
+    _reset_accelerate_for(mixed_precision)
     output_dir = Path(config.output_dir)
     logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "logs"
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
@@ -514,9 +529,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     accelerator.wait_for_everyone()
 
     # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
-    if device.type == "cuda" and weight_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise TrainError("this GPU has no bf16 (e.g. a T4): set mixed_precision = \"fp16\"")
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
     if pipe is None:
         pipe = load_sdxl(config.pretrained_model_name_or_path)
     check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
@@ -587,7 +600,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
         if not main:
             return None
         epoch = at_step // steps_per_epoch
-        metadata = _metadata(config, dataset, at_step, epoch, dataset_name)
+        metadata = _metadata(config, dataset, at_step, epoch, dataset_name, mixed_precision)
         target = final if final_file else output_dir / f"{config.output_name}-step{at_step:08d}.safetensors"
         network.save(target, dtype=SAVE_PRECISIONS[config.save_precision], metadata=metadata, overwrite=True)
         if losses:
@@ -628,7 +641,8 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     accumulation = config.gradient_accumulation_steps
     batches = training_batches(dataset, sampler, steps_per_epoch, accumulation, world, rank, step,
                                config.max_data_loader_n_workers)
-    bar = tqdm(total=max_steps, initial=step, desc="training LLLite", unit="step", disable=not (config.progress and main))
+    budget = f" (at most {config.max_train_seconds:g} s)" if config.max_train_seconds else ""
+    bar = tqdm(total=max_steps, initial=step, desc=f"training LLLite{budget}", unit="step", disable=not (config.progress and main))
     started = time.monotonic()
     stopped_by = "max_train_steps"
     while step < max_steps:

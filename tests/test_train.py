@@ -181,11 +181,14 @@ def test_an_earlier_run_is_never_overwritten_without_asking(shapes, tmp_path):
         train(config(shapes, tmp_path, max_train_steps=1, resume="latest"), build_pipeline("test"))
 
 
-def test_bad_settings_name_the_option():
+def test_bad_settings_name_the_option(shapes, tmp_path):
     with pytest.raises(TrainError, match="optimizer_type = 'sgd' is not one of"):
         TrainConfig(optimizer_type="sgd")
     with pytest.raises(TrainError, match="cond_emb_dim must be even"):
         TrainConfig(cond_emb_dim=7)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="fp16 needs a CUDA GPU; use bf16 or no"):
+            train(config(shapes, tmp_path, mixed_precision="fp16"), build_pipeline("test"))
 
 
 # ------------------------------------------------------------------------------------------ command line
