@@ -755,19 +755,39 @@ def config_from_toml(path: str | Path) -> dict:
     return settings
 
 
+def _option_help() -> dict[str, str]:
+    """Each option's help, read from the ``Args:`` of :class:`TrainConfig` (one place to document it)."""
+    helps: dict[str, str] = {}
+    names: list[str] = []
+    for line in TrainConfig.__doc__.split("Args:")[1].splitlines():
+        text = line.strip()
+        head, _, rest = text.partition(": ")
+        if line.startswith(" " * 8) and not line.startswith(" " * 12) and rest:
+            names = [n.strip() for n in head.split(",")]
+            for name in names:
+                helps[name] = rest
+        elif text:
+            for name in names:
+                helps[name] += " " + text
+    return helps
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m lllite.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="training TOML with any of the options below (flags override it)")
+    helps = _option_help()
+    defaults = TrainConfig()
     for f in fields(TrainConfig):
         kind = _field_type(f.name)
         flag = f"--{f.name}"
+        help_text = f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)})".replace("%", "%%")
         if f.name == "resume":
             parser.add_argument(flag, nargs="?", const="latest", default=argparse.SUPPRESS,
                                 help="continue from the latest checkpoint, or from the given checkpoint folder")
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper())
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
     args = vars(parser.parse_args(argv))
     toml = args.pop("config", None)
     settings = config_from_toml(toml) if toml else {}
