@@ -127,7 +127,7 @@ def plot_iou(strengths, means, stds, path: Path) -> None:
     axes.set_xlabel("LLLite strength (multiplier)")
     axes.set_ylabel("shape IoU")
     axes.set_ylim(0, 1)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary)

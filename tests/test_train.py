@@ -133,6 +133,20 @@ def test_gradient_checkpointing_and_uncached_inputs_train_the_same_weights(shape
         torch.testing.assert_close(uncached.network.state_dict()[key], value, rtol=0, atol=1e-4)
 
 
+def test_min_snr_weighting_never_raises_the_loss_and_noise_offset_changes_it(shapes, tmp_path):
+    plain = train(config(shapes, tmp_path / "a", max_train_steps=2), build_pipeline("test")).losses
+    weighted = train(config(shapes, tmp_path / "b", max_train_steps=2, min_snr_gamma=0.05), build_pipeline("test")).losses
+    offset = train(config(shapes, tmp_path / "c", max_train_steps=2, noise_offset=0.1), build_pipeline("test")).losses
+    # Same first step, same draws; each weight min(snr, gamma) / snr is <= 1, and < 1 wherever snr > gamma.
+    assert weighted[0][1] < plain[0][1]
+    assert offset[0][1] != plain[0][1]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(shapes, tmp_path):
+    result = train(config(shapes, tmp_path, max_train_steps=3, gradient_accumulation_steps=2), build_pipeline("test"))
+    assert result.steps == 3 and [s for s, _ in result.losses] == [1, 2, 3]
+
+
 def test_adamw8bit_without_bitsandbytes_says_so_and_trains_with_adamw(shapes, tmp_path, capsys):
     result = train(config(shapes, tmp_path, optimizer_type="adamw8bit", max_train_steps=1), build_pipeline("test"))
     assert "plain AdamW" in capsys.readouterr().out
