@@ -1,0 +1,296 @@
+"""Pretrain the toy SDXL on coloured shapes, so that "a red circle" draws a red circle.
+
+Run: ``python -m lllite.toy.pretrain`` (about half an hour on 2 CPU cores). It trains the VAE, then the
+UNet with SDXL's noise objective (the text encoders stay at their seeded random initialisation: frozen,
+they still give every caption its own embedding), writes the pipeline into ``lllite/toy/weights`` and
+prints the quality gate: per colour and shape, the fraction of seeds that show a blob of that colour
+with a plausible size.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from tqdm.auto import tqdm
+
+from lllite.metrics import has_colour_blob
+from lllite.toy.pipeline import WEIGHTS_DIR, build_pipeline
+from lllite.toy.shapes import COLOURS, SHAPES, caption_for, render_sample
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of the toy pretraining; the defaults produce the shipped weights."""
+
+    seed: int = 0
+    train_samples: int = 6000
+    image_size: int = 128
+    vae_steps: int = 1500
+    vae_batch: int = 4
+    vae_crop: int = 128
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-7
+    initial_logvar: float = -6.0
+    unet_steps: int = 4500
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    gate_seeds: int = 16
+    gate_steps: int = 20
+    guidance_scale: float = 5.0
+    out_dir: Path = WEIGHTS_DIR
+    # One thread: on a CPU shared with other work, several OpenMP threads per process wait on each
+    # other and run many times slower; one thread also fixes the summation order, for reproducibility.
+    threads: int = 1
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] (N, 3, H, W) and their captions, from the ``"train"`` stream of ``cfg.seed``."""
+    images = np.empty((cfg.train_samples, cfg.image_size, cfg.image_size, 3), np.uint8)
+    captions = []
+    for index in tqdm(range(cfg.train_samples), desc="rendering shapes", unit="image", mininterval=5):
+        sample = render_sample(index, seed=cfg.seed, size=cfg.image_size)
+        images[index] = sample.image
+        captions.append(sample.caption)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return pixels, captions
+
+
+def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, cfg: PretrainConfig) -> None:
+    """Reconstruction (L1) plus a small KL term.
+
+    ``cfg.vae_crop`` below the image size trains on random crops; whole images work better here, because
+    the decoder otherwise learns that the image border is never far, and misplaces it at full size.
+    """
+    vae = pipe.vae
+    # Start with a small posterior std: at the default (std 1) the sampled latents are mostly noise and
+    # the decoder learns little until the encoder has slowly shrunk it.
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels :] = cfg.initial_logvar
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
+    )
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    limit = cfg.image_size - cfg.vae_crop
+    progress = tqdm(range(cfg.vae_steps), desc="VAE", unit="step", mininterval=10)
+    for _ in progress:
+        index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
+        top, left = torch.randint(limit + 1, (2,), generator=generator).tolist()
+        batch = pixels[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        reconstruction_loss = F.l1_loss(reconstruction, batch)
+        kl = posterior.kl().mean()
+        loss = reconstruction_loss + cfg.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        progress.set_postfix(l1=f"{reconstruction_loss.item():.4f}", kl=f"{kl.item():.0f}")
+    vae.eval()
+    vae.requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_latents(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every training image, unscaled."""
+    means, stds = [], []
+    for start in tqdm(range(0, len(pixels), 64), desc="encoding latents", unit="batch", mininterval=10):
+        posterior = pipe.vae.encode(pixels[start : start + 64]).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def caption_embeddings(pipe: StableDiffusionXLPipeline) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Text and pooled embeddings of every toy caption, made by the pipeline's own ``encode_prompt``."""
+    embeddings = {}
+    for colour in COLOURS:
+        for shape in SHAPES:
+            caption = caption_for(colour, shape)
+            prompt_embeds, _, pooled, _ = pipe.encode_prompt(caption, do_classifier_free_guidance=False)
+            embeddings[caption] = (prompt_embeds[0], pooled[0])
+    return embeddings
+
+
+def train_unet(
+    pipe: StableDiffusionXLPipeline,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    captions: list[str],
+    cfg: PretrainConfig,
+) -> None:
+    """SDXL's objective: DDPM (scaled_linear 0.00085..0.012, 1000 steps), epsilon prediction, time ids.
+
+    A dropped caption uses zero text and pooled embeddings: that is what the pipeline feeds as the
+    unconditional branch of classifier-free guidance (``force_zeros_for_empty_prompt``).
+    """
+    unet = pipe.unet
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+    )
+    embeddings = caption_embeddings(pipe)
+    text = torch.stack([embeddings[caption][0] for caption in captions])
+    pooled = torch.stack([embeddings[caption][1] for caption in captions])
+    size = cfg.image_size
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+    scaling = pipe.vae.config.scaling_factor
+
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
+    )
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    progress = tqdm(range(cfg.unet_steps), desc="UNet", unit="step", mininterval=10)
+    running = None
+    for step in progress:
+        index = torch.randint(len(latent_mean), (cfg.unet_batch,), generator=generator)
+        noise_in_posterior = torch.randn(latent_mean[index].shape, generator=generator)
+        latents = (latent_mean[index] + latent_std[index] * noise_in_posterior) * scaling
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(1000, (cfg.unet_batch,), generator=generator)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()
+        prediction = unet(
+            noisy,
+            timesteps,
+            encoder_hidden_states=text[index] * keep[:, None, None],
+            added_cond_kwargs={"text_embeds": pooled[index] * keep[:, None], "time_ids": time_ids.expand(len(index), 6)},
+        ).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, current in zip(ema.parameters(), unet.parameters()):
+                averaged.lerp_(current, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}")
+    unet.load_state_dict(ema.state_dict())
+    unet.eval()
+    unet.requires_grad_(False)
+
+
+@torch.no_grad()
+def quality_gate(
+    pipe: StableDiffusionXLPipeline, seeds: int = 16, steps: int = 20, guidance_scale: float = 5.0, size: int = 128
+) -> dict[str, float]:
+    """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour
+    with a plausible size (:func:`lllite.metrics.has_colour_blob`)."""
+    rates = {}
+    for colour in tqdm(COLOURS, desc="quality gate", unit="colour"):
+        for shape in SHAPES:
+            caption = caption_for(colour, shape)
+            images = pipe(
+                [caption] * seeds,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)],
+                output_type="np",
+            ).images
+            images = (images * 255).round().astype(np.uint8)
+            rates[caption] = float(np.mean([has_colour_blob(image, colour) for image in images]))
+    return rates
+
+
+def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
+    """Write into a temporary sibling folder, then swap it in, so a crash never leaves half a pipeline."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        pipe.save_pretrained(staging)
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+            os.replace(out_dir, retired / out_dir.name)
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, float]:
+    """Train the toy pipeline, save it to ``cfg.out_dir`` and return the quality gate's rates."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    pipe = build_pipeline("toy", seed=cfg.seed)
+    started = time.monotonic()
+    pixels, captions = render_training_set(cfg)
+
+    train_vae(pipe, pixels, cfg)
+    latent_mean, latent_std = encode_latents(pipe, pixels)
+    generator = torch.Generator().manual_seed(cfg.seed + 3)
+    sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
+    pipe.vae.register_to_config(scaling_factor=float(1 / sampled.std()))
+    print(f"VAE scaling_factor {pipe.vae.config.scaling_factor:.4f} (latent mean {sampled.mean():.3f})")
+    del pixels
+
+    train_unet(pipe, latent_mean, latent_std, captions, cfg)
+    print(f"training took {(time.monotonic() - started) / 60:.1f} min")
+
+    save_atomically(pipe, cfg.out_dir)
+    size_mb = sum(path.stat().st_size for path in cfg.out_dir.rglob("*") if path.is_file()) / 2**20
+    print(f"saved the toy pipeline to {cfg.out_dir} ({size_mb:.1f} MB)")
+
+    rates = quality_gate(pipe, cfg.gate_seeds, cfg.gate_steps, cfg.guidance_scale, cfg.image_size)
+    for caption, rate in rates.items():
+        print(f"  {caption:<18} {rate:6.1%}")
+    worst = min(rates.values())
+    print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= 0.8 else 'FAIL'}")
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = PretrainConfig()
+    for field in fields(PretrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --out-dir")
+    args = parser.parse_args(argv)
+    overwrite = args.__dict__.pop("overwrite")
+    cfg = PretrainConfig(**vars(args))
+    if (cfg.out_dir / "model_index.json").exists() and not overwrite:
+        print(f"error: {cfg.out_dir} already holds a pipeline; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    rates = pretrain(cfg)
+    return 0 if min(rates.values()) >= 0.8 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

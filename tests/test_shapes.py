@@ -1,0 +1,117 @@
+import cv2
+import numpy as np
+import pytest
+
+from lllite.conditioning import canny
+from lllite.metrics import colour_mask
+from lllite.toy.shapes import COLOURS, SHAPES, eval_samples, render_sample, write_dataset
+
+
+def test_same_seed_and_index_render_identical_samples():
+    a, b = render_sample(5, seed=1), render_sample(5, seed=1)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.caption == b.caption
+
+
+def test_other_seed_or_index_renders_a_different_sample():
+    base = render_sample(5, seed=1).image
+    assert not np.array_equal(base, render_sample(5, seed=2).image)
+    assert not np.array_equal(base, render_sample(6, seed=1).image)
+
+
+def test_eval_split_is_a_different_stream_than_train():
+    train = [render_sample(i, seed=0).image for i in range(4)]
+    held_out = [sample.image for sample in eval_samples(4, seed=0)]
+    assert all(not np.array_equal(t, h) for t in train for h in held_out)
+
+
+def test_sample_has_default_size_types_and_caption():
+    sample = render_sample(0)
+    assert sample.image.shape == (128, 128, 3) and sample.image.dtype == np.uint8
+    assert sample.mask.shape == (128, 128) and sample.mask.dtype == bool
+    assert sample.caption == f"a {sample.colour} {sample.shape}"
+
+
+def test_non_square_size_is_height_then_width():
+    sample = render_sample(0, size=(72, 136))
+    assert sample.image.shape == (72, 136, 3) and sample.mask.shape == (72, 136)
+
+
+def test_forced_colour_and_shape_are_drawn_and_captioned():
+    sample = render_sample(3, colour="yellow", shape="triangle")
+    assert sample.caption == "a yellow triangle"
+    assert colour_mask(sample.image, "yellow")[sample.mask].mean() > 0.95
+
+
+def test_every_colour_and_shape_appears_in_a_few_hundred_samples():
+    captions = {render_sample(i).caption for i in range(300)}
+    assert captions == {f"a {c} {s}" for c in COLOURS for s in SHAPES}
+
+
+def test_shape_covers_between_2_and_26_percent_of_the_image():
+    fractions = [render_sample(index).mask.mean() for index in range(100)]
+    assert 0.015 < min(fractions) and max(fractions) < 0.26
+
+
+def test_background_never_shows_any_shape_colour():
+    for index in range(100):
+        sample = render_sample(index)
+        # the anti-aliased rim just outside the mask is partly the shape's colour
+        background = cv2.dilate(sample.mask.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+        for colour in COLOURS:
+            assert not colour_mask(sample.image, colour)[background].any()
+
+
+def test_canny_finds_the_whole_outline_and_nothing_else():
+    for index in range(50):
+        sample = render_sample(index)
+        edges = canny(sample.image)[..., 0] > 0
+        outline = cv2.morphologyEx(sample.mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+        near_outline = cv2.dilate(outline, np.ones((5, 5), np.uint8)) > 0
+        assert edges.sum() > 40
+        assert not edges[~near_outline].any()
+
+
+def test_write_dataset_uses_kohya_layout_with_matching_basenames(tmp_path):
+    out = write_dataset(tmp_path / "shapes", count=3, seed=4)
+    names = sorted(p.stem for p in (out / "images").glob("*.png"))
+    assert names == ["000000", "000001", "000002"]
+    assert sorted(p.stem for p in (out / "images").glob("*.txt")) == names
+    assert sorted(p.stem for p in (out / "conditioning").glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == names
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_written_files_hold_the_rendered_sample(tmp_path):
+    out = write_dataset(tmp_path, count=2, seed=4)
+    sample = render_sample(1, seed=4)
+    image = cv2.cvtColor(cv2.imread(str(out / "images" / "000001.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(image, sample.image)
+    assert (out / "images" / "000001.txt").read_text().strip() == sample.caption
+    conditioning = cv2.cvtColor(cv2.imread(str(out / "conditioning" / "000001.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(conditioning, canny(sample.image))
+    mask = cv2.imread(str(out / "masks" / "000001.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(mask > 127, sample.mask)
+
+
+def test_write_dataset_refuses_a_folder_holding_a_dataset_unless_overwrite(tmp_path):
+    write_dataset(tmp_path, count=1)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_dataset(tmp_path, count=1, seed=9)
+    write_dataset(tmp_path, count=1, seed=9, overwrite=True)
+    image = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / "000000.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(image, render_sample(0, seed=9).image)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split": "test"}, "split 'test'"),
+        ({"colour": "purple"}, "colour 'purple'"),
+        ({"shape": "star"}, "shape 'star'"),
+    ],
+)
+def test_bad_arguments_name_the_argument_and_the_choices(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        render_sample(0, **kwargs)
