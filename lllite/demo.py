@@ -48,7 +48,8 @@ class DemoConfig:
         strengths: the multipliers compared.
         max_train_seconds: training time budget.
         max_train_steps: upper bound on steps when the budget allows more.
-        train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path: the LLLite training recipe.
+        train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path, timestep_sampling: the
+            LLLite training recipe (see :class:`lllite.train.TrainConfig`).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
         seed: seeds the dataset, the training and the evaluation.
@@ -69,6 +70,7 @@ class DemoConfig:
     cond_emb_dim: int = 32
     network_dim: int = 64
     up_path: bool = True
+    timestep_sampling: str = "uniform"
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     grid_rows: int = 6
@@ -169,6 +171,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         pretrained_model_name_or_path="toy", dataset_config=dataset, output_dir=str(out / "train"),
         output_name="lllite_toy_canny", cond_emb_dim=config.cond_emb_dim, network_dim=config.network_dim,
         up_path=config.up_path, learning_rate=config.learning_rate, lr_scheduler="cosine",
+        timestep_sampling=config.timestep_sampling,
         lr_warmup_steps=min(50, config.max_train_steps // 10), max_train_steps=config.max_train_steps,
         max_train_seconds=config.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
         cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw", seed=config.seed,

@@ -45,6 +45,7 @@ from .network import LLLiteNetwork, create_network
 OPTIMIZERS = ("adamw", "adamw8bit")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 #: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
 TOY_MODEL = "toy"
@@ -86,6 +87,8 @@ class TrainConfig:
         max_grad_norm: clip the gradient norm to this (0 switches clipping off).
         noise_offset: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
         min_snr_gamma: min-SNR loss weighting with this gamma (5 is usual); None = off.
+        timestep_sampling: ``"uniform"`` (SDXL's objective) or ``"cubic"``: ``t = (1 - u^3) * 1000`` draws
+            noisy timesteps more often, where the layout of the image is decided (as T2I-Adapter does).
         seed: seeds the network's init and every random draw of the run.
         save_every_n_steps: write a checkpoint (weights + optimizer state) and a kohya file this often.
         checkpoints_total_limit: checkpoints kept; older ones are deleted.
@@ -125,6 +128,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     noise_offset: float = 0.0
     min_snr_gamma: float | None = None
+    timestep_sampling: str = "uniform"
     seed: int = 42
     save_every_n_steps: int | None = None
     checkpoints_total_limit: int = 2
@@ -141,7 +145,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
+        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "timestep_sampling": TIMESTEP_SAMPLINGS,
                    "mixed_precision": MIXED_PRECISIONS, "save_precision": tuple(SAVE_PRECISIONS)}
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -476,6 +480,7 @@ def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int
         "ss_seed": str(config.seed),
         "ss_noise_offset": str(config.noise_offset),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_timestep_sampling": config.timestep_sampling,
         "ss_dataset_config": dataset_name,
     }
 
@@ -669,7 +674,11 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
                 noise = torch.randn(latents.shape, generator=generator)
                 if config.noise_offset:
                     noise += config.noise_offset * torch.randn((size, latents.shape[1], 1, 1), generator=generator)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+                count = noise_scheduler.config.num_train_timesteps
+                if config.timestep_sampling == "cubic":
+                    timesteps = ((1 - torch.rand(size, generator=generator) ** 3) * count).long().clamp(0, count - 1)
+                else:
+                    timesteps = torch.randint(0, count, (size,), generator=generator)
                 noise, timesteps = noise.to(device), timesteps.to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             sync = micro == accumulation - 1

@@ -142,6 +142,21 @@ def test_min_snr_weighting_never_raises_the_loss_and_noise_offset_changes_it(sha
     assert offset[0][1] != plain[0][1]
 
 
+def test_cubic_timestep_sampling_draws_noisier_timesteps(shapes, tmp_path):
+    pipe = build_pipeline("test")
+    means = {}
+    for sampling in ("uniform", "cubic"):
+        seen = []
+        handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+        train(config(shapes, tmp_path / sampling, max_train_steps=8, train_batch_size=8, timestep_sampling=sampling), pipe)
+        handle.remove()
+        timesteps = torch.cat(seen).float()
+        assert 0 <= timesteps.min() and timesteps.max() <= 999
+        means[sampling] = timesteps.mean()
+    assert 350 < means["uniform"] < 650
+    assert means["cubic"] > 650  # E[1 - u^3] = 0.75
+
+
 def test_gradient_accumulation_counts_optimizer_steps(shapes, tmp_path):
     result = train(config(shapes, tmp_path, max_train_steps=3, gradient_accumulation_steps=2), build_pipeline("test"))
     assert result.steps == 3 and [s for s, _ in result.losses] == [1, 2, 3]
