@@ -70,6 +70,8 @@ def make_folder(kind: str, src_dir: Path, out_dir: Path, options: ConditioningOp
     """
     if not src_dir.is_dir():
         raise CommandError(f"SRC_DIR {src_dir} is not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"OUT_DIR {out_dir} is a file; give a folder")
     if out_dir.resolve() == src_dir.resolve():
         raise CommandError("OUT_DIR must differ from SRC_DIR: conditioning images share the images' basenames")
     if workers < 1:
@@ -89,16 +91,19 @@ def make_folder(kind: str, src_dir: Path, out_dir: Path, options: ConditioningOp
         else:
             jobs.append((kind, source, target, options))
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(jobs), desc=f"{kind} conditioning", unit="image", disable=not progress)
-    if workers == 1 or len(jobs) < 2:
-        results = map(_convert_job, jobs)
-        results = [bar.update(1) or r for r in results]
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            results = [bar.update(1) or r for r in pool.map(_convert_job, jobs, chunksize=4)]
-    bar.close()
-    failures += [r for r in results if r is not None]
-    return len(jobs) - sum(r is not None for r in results), kept, failures
+    results = []
+    with tqdm(total=len(jobs), desc=f"{kind} conditioning", unit="image", disable=not progress) as bar:
+        if workers == 1 or len(jobs) < 2:
+            for job in jobs:
+                results.append(_convert_job(job))
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                for result in pool.map(_convert_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                    results.append(result)
+                    bar.update(1)
+    failed = [r for r in results if r is not None]
+    return len(jobs) - len(failed), kept, failures + failed
 
 
 def run(args: argparse.Namespace) -> int:

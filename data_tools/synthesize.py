@@ -73,7 +73,7 @@ class SynthesisConfig:
         num_images: total images wanted in the folder (a larger number on a later run adds more).
         seed: image i is drawn with seed + i, wildcards included.
         steps, guidance_scale, width, height, negative_prompt: passed to the pipeline; width and
-            height in pixels, multiples of 64 keep every LLLite level aligned.
+            height in pixels, multiples of 64 like the training buckets.
         conditioning: conditioning kinds to derive from each image.
         conditioning_options: thresholds / radii of those kinds.
         batch_size: images per pipeline call; each image keeps its own seed; batching may change a
@@ -99,8 +99,8 @@ class SynthesisConfig:
             raise CommandError("no prompt given")
         if self.num_images < 1:
             raise CommandError(f"--num-images must be at least 1, got {self.num_images}")
-        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
-            raise CommandError(f"--width/--height must be multiples of 8 (64 recommended) of at least 64, got {self.width}x{self.height}")
+        if self.width % 64 or self.height % 64 or min(self.width, self.height) < 64:
+            raise CommandError(f"--width/--height must be multiples of 64 (the training buckets' step), got {self.width}x{self.height}")
         if self.batch_size < 1 or self.steps < 1:
             raise CommandError("--batch-size and --steps must be at least 1")
         unknown = [kind for kind in self.conditioning if kind not in KINDS]
@@ -175,6 +175,8 @@ def synthesize(pipe, config: SynthesisConfig, out_dir: str | Path, progress: boo
         (images generated now, images that were already there).
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"--out {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, config)
     images_dir = out_dir / "images"

@@ -124,9 +124,14 @@ class DatasetConfig:
             )
         if self.batch_size < 1:
             raise DatasetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.bucket_reso_steps < 8 or self.bucket_reso_steps % 8:
-            raise DatasetConfigError(f"bucket_reso_steps must be a multiple of 8, got {self.bucket_reso_steps}")
+        if self.bucket_reso_steps < 32 or self.bucket_reso_steps % 32:
+            raise DatasetConfigError(
+                f"bucket_reso_steps must be a multiple of 32 (LLLite's deepest embedding is 1/32 of the image), got {self.bucket_reso_steps}"
+            )
         step = self.bucket_reso_steps
+        if any(side % step for side in self.resolution):
+            nearest = tuple(max(step, round(side / step) * step) for side in self.resolution)
+            raise DatasetConfigError(f"resolution sides must be multiples of bucket_reso_steps {step}, got {self.resolution}; use {nearest}")
         if self.min_bucket_reso is None:
             self.min_bucket_reso = max(step, min(self.resolution) // 4 // step * step)
         if self.max_bucket_reso is None:
@@ -176,7 +181,7 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
     unknown = set(document) - {"general", "datasets"}
     if unknown:
         raise DatasetConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [general] and [[datasets]]")
-    general = _table(path, "general", document.get("general", {}))
+    general = _settings(path, "general", _table(path, "general", document.get("general", {})), _SUBSET_KEYS | _DATASET_KEYS)
     datasets = document.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise DatasetConfigError(f"{path}: no [[datasets]] table; add one with at least one [[datasets.subsets]]")
@@ -188,12 +193,13 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
         subsets = dataset.get("subsets")
         if not isinstance(subsets, list) or not subsets:
             raise DatasetConfigError(f"{path}: {where} has no [[datasets.subsets]]; add one with image_dir and conditioning_data_dir")
-        inherited = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        dataset_settings = _settings(path, where, inherited, _DATASET_KEYS, _SUBSET_KEYS)
+        own = {k: v for k, v in dataset.items() if k != "subsets"}
+        inherited = {**general, **_settings(path, where, own, _SUBSET_KEYS | _DATASET_KEYS)}
         subset_configs = []
         for s, subset in enumerate(subsets):
             subset_where = f"{where}.subsets[{s}]"
-            settings = _settings(path, subset_where, {**inherited, **_table(path, subset_where, subset)}, _SUBSET_KEYS, _DATASET_KEYS)
+            settings = {k: v for k, v in inherited.items() if k in _SUBSET_KEYS}
+            settings.update(_settings(path, subset_where, _table(path, subset_where, subset), _SUBSET_KEYS))
             for key in ("image_dir", "conditioning_data_dir"):
                 if key not in settings:
                     raise DatasetConfigError(f"{path}: {subset_where} needs '{key}'")
@@ -203,6 +209,7 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
             except DatasetConfigError as error:
                 raise DatasetConfigError(f"{path}: {subset_where}: {error}") from None
         try:
+            dataset_settings = {k: v for k, v in inherited.items() if k in _DATASET_KEYS}
             configs.append(DatasetConfig(subsets=subset_configs, **dataset_settings))
         except DatasetConfigError as error:
             raise DatasetConfigError(f"{path}: {where}: {error}") from None
@@ -223,17 +230,20 @@ _KEY_TYPES = {
 }
 
 
-def _settings(path: Path, where: str, table: dict, wanted: set, other_level: set) -> dict:
+def _settings(path: Path, where: str, table: dict, allowed: set) -> dict:
+    """The settings of one TOML table, checked against the keys allowed at its level."""
     settings = {}
     for key, value in table.items():
         if key in _UNSUPPORTED_KOHYA_KEYS:
             if value not in (False, None, ""):
                 raise DatasetConfigError(f"{path}: {where}.{key}: {_UNSUPPORTED_KOHYA_KEYS[key]}")
             continue
-        if key in _IGNORED_KOHYA_KEYS or key in other_level:
+        if key in _IGNORED_KOHYA_KEYS:
             continue
-        if key not in wanted:
-            raise DatasetConfigError(f"{path}: unknown key '{where}.{key}'; known keys: {sorted(_SUBSET_KEYS | _DATASET_KEYS)}")
+        if key in _DATASET_KEYS and key not in allowed:
+            raise DatasetConfigError(f"{path}: '{where}.{key}' is a dataset setting; move it to its [[datasets]] table or [general]")
+        if key not in allowed:
+            raise DatasetConfigError(f"{path}: unknown key '{where}.{key}'; known keys: {sorted(allowed)}")
         expected = _KEY_TYPES[key]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise DatasetConfigError(f"{path}: '{where}.{key}' has the wrong type ({type(value).__name__}): {value!r}")
@@ -243,7 +253,7 @@ def _settings(path: Path, where: str, table: dict, wanted: set, other_level: set
             value = tuple(value)
         settings[key] = value
     ignored = sorted(set(table) & _IGNORED_KOHYA_KEYS)
-    if ignored and wanted is _SUBSET_KEYS:
+    if ignored:
         warnings.warn(f"{path}: {where}: kohya keys {ignored} have no effect on LLLite training here", stacklevel=3)
     return settings
 
@@ -295,7 +305,8 @@ def load_rgb(path: str | Path, background: tuple[int, int, int] = IMAGE_BACKGROU
         rgba = image.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, background + (255,))
         flat.alpha_composite(rgba)
-        notes.append(f"{image.mode} transparency flattened onto {'white' if background == IMAGE_BACKGROUND else 'black'}")
+        colour = {IMAGE_BACKGROUND: "white", CONDITIONING_BACKGROUND: "black"}.get(background, f"RGB {background}")
+        notes.append(f"{image.mode} transparency flattened onto {colour}")
         return flat.convert("RGB"), notes
     names = {"P": "palette", "L": "greyscale", "1": "black-and-white", "CMYK": "CMYK"}
     notes.append(f"{names.get(mode, mode)} converted to RGB")
@@ -391,6 +402,8 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
     for folder, key in ((subset.image_dir, "image_dir"), (subset.conditioning_data_dir, "conditioning_data_dir")):
         if not folder.is_dir():
             report.problems.append(Problem(folder, f"{key} is not a folder", ERROR))
+    if not report.problems and subset.image_dir.resolve() == subset.conditioning_data_dir.resolve():
+        report.problems.append(Problem(subset.conditioning_data_dir, "conditioning_data_dir is image_dir; conditioning images need their own folder", ERROR))
     if report.problems:
         return report
     try:
@@ -401,7 +414,7 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
         return report
 
     for stem in sorted(set(conditionings) - set(images)):
-        problem = "its image's basename is ambiguous" if stem in ambiguous_images else "conditioning image without an image of this basename"
+        problem = f"several images are named '{stem}.*', so none is paired" if stem in ambiguous_images else "conditioning image without an image of this basename"
         report.problems.append(Problem(conditionings[stem], problem, SKIPPED))
     for stem in tqdm(sorted(images), desc=f"checking {subset.image_dir.name}", disable=not progress, unit="pair"):
         image_path = images[stem]
@@ -418,13 +431,14 @@ def pair_subset(subset: SubsetConfig, progress: bool = True) -> PairingReport:
 
 
 def _check_pair(image_path: Path, conditioning_path: Path, subset: SubsetConfig, problems: list[Problem]) -> Pair | None:
+    """The pair if usable. Conversions are reported only for pairs that are used; a skipped pair
+    reports the one reason that rules it out."""
     found: list[Problem] = []
     sizes = []
     for path, background in ((image_path, IMAGE_BACKGROUND), (conditioning_path, CONDITIONING_BACKGROUND)):
         try:
             image, notes = load_rgb(path, background)
         except ImageReadError as error:
-            problems.extend(found)
             problems.append(Problem(path, f"not a readable image, truncated or corrupt ({error})", SKIPPED))
             return None
         found.extend(Problem(path, note, CONVERTED) for note in notes)
@@ -446,11 +460,12 @@ def _check_pair(image_path: Path, conditioning_path: Path, subset: SubsetConfig,
         found.append(Problem(conditioning_path, f"conditioning {cond_width}x{cond_height} resized to its image's {width}x{height}", CONVERTED))
     caption_path = image_path.with_suffix(subset.caption_extension)
     caption, caption_problem = read_caption(caption_path)
-    if caption_problem is not None:
-        found.append(caption_problem)
-    problems.extend(found)
     if caption is None:
+        problems.append(caption_problem)
         return None
+    problems.extend(found)
+    if caption_problem is not None:
+        problems.append(caption_problem)
     return Pair(image_path, conditioning_path, caption_path if caption_path.is_file() else None, caption, (width, height))
 
 
@@ -651,11 +666,18 @@ class PairedDataset(torch.utils.data.Dataset):
         for group in groups.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                pixels = torch.stack([
-                    _to_tensor(_render(self.items[todo[k][0]].pair.image, IMAGE_BACKGROUND, self.items[todo[k][0]].placement, todo[k][1]))
-                    for k in chunk
-                ]).to(parameter.device, parameter.dtype)
+                rendered = []
+                for key in chunk:
+                    index, flip = todo[key]
+                    item = self.items[index]
+                    rendered.append(_to_tensor(_render(item.pair.image, IMAGE_BACKGROUND, item.placement, flip)))
+                pixels = torch.stack(rendered).to(parameter.device, parameter.dtype)
                 latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+                if not torch.isfinite(latents).all():
+                    raise FloatingPointError(
+                        f"the VAE returned NaN/inf latents in {parameter.dtype} (SDXL's VAE overflows in float16); "
+                        "encode with vae.to(torch.float32) or an fp16-safe VAE"
+                    )
                 for key, latent in zip(chunk, latents):
                     store.put(key, {"latents": latent.float().cpu().contiguous()})
                 bar.update(len(chunk))

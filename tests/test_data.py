@@ -1,6 +1,7 @@
 """Pairing rules, dataset TOML, bucketing, samples and caches of lllite.data."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from lllite.data import (
     place,
     read_caption,
 )
-from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, write_pair
+from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png, write_pair
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,25 @@ def test_pairs_record_caption_text_and_upright_size(messy):
     assert pairs["good"].conditioning.parent.name == "conditioning"
 
 
+def test_a_skipped_pair_reports_only_the_reason_it_is_skipped(tmp_path):
+    rgba = np.dstack([gradient(96, 64), np.full((64, 96), 128, np.uint8)])
+    save(tmp_path / "img" / "a.png", rgba)
+    truncated_png(tmp_path / "cond" / "a.png")
+    report = pair_subset(SubsetConfig(tmp_path / "img", tmp_path / "cond"), progress=False)
+    assert [(p.file.name, p.action) for p in report.problems] == [("a.png", "skipped")]
+    assert report.problems[0].file.parent.name == "cond"
+
+
 def test_missing_folder_is_an_error_not_a_crash(tmp_path):
     report = pair_subset(SubsetConfig(tmp_path / "nope", tmp_path), progress=False)
     assert report.pairs == []
     assert [(p.action, "image_dir" in p.problem) for p in report.problems] == [("error", True)]
+
+
+def test_conditioning_folder_must_differ_from_the_image_folder(tmp_path):
+    write_pair(tmp_path, tmp_path / "cond", "a")
+    report = pair_subset(SubsetConfig(tmp_path, tmp_path), progress=False)
+    assert report.pairs == [] and report.problems[0].action == "error" and "own folder" in report.problems[0].problem
 
 
 def test_report_json_lists_pairs_and_problems(messy):
@@ -196,6 +212,10 @@ def test_kohya_keys_without_effect_are_reported_in_a_warning(tmp_path):
      "unknown key 'datasets[0].subsets[0].imag_size'"),
     ('[[datasets]]\nbatch_size = "4"\n[[datasets.subsets]]\nimage_dir = "a"\nconditioning_data_dir = "b"\n',
      "'datasets[0].batch_size' has the wrong type"),
+    ('[general]\nflip_aug = "yes"\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\nconditioning_data_dir = "b"\n',
+     "'general.flip_aug' has the wrong type"),
+    ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\nconditioning_data_dir = "b"\nresolution = 512\n',
+     "'datasets[0].subsets[0].resolution' is a dataset setting"),
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\n', "datasets[0].subsets[0] needs 'conditioning_data_dir'"),
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\nconditioning_data_dir = "b"\nrandom_crop = true\n',
      "random_crop is not supported"),
@@ -349,3 +369,38 @@ def test_dataset_without_usable_pairs_says_to_run_check(tmp_path):
 def test_dataset_with_missing_folder_names_it(tmp_path):
     with pytest.raises(DatasetConfigError, match="conditioning_data_dir is not a folder"):
         dataset_of(tmp_path, tmp_path / "missing")
+
+
+def test_without_buckets_every_sample_is_cropped_to_the_resolution(clean):
+    subset = SubsetConfig(*clean)
+    dataset = PairedDataset(DatasetConfig([subset], resolution=(128, 64), enable_bucket=False), progress=False)
+    assert {tuple(dataset[i]["image"].shape) for i in range(len(dataset))} == {(3, 64, 128)}
+
+
+def test_each_dataset_keeps_its_own_batch_size(tmp_path):
+    for name in ("one", "two"):
+        for k in range(4):
+            write_pair(tmp_path / name / "img", tmp_path / name / "cond", f"{name}{k}", size=(128, 128), seed=k)
+    configs = [DatasetConfig([SubsetConfig(tmp_path / "one" / "img", tmp_path / "one" / "cond")], resolution=128, batch_size=1),
+               DatasetConfig([SubsetConfig(tmp_path / "two" / "img", tmp_path / "two" / "cond")], resolution=128, batch_size=4)]
+    dataset = PairedDataset(configs, progress=False)
+    sizes = sorted(len(batch) for batch in BucketBatchSampler(dataset))
+    assert sizes == [1, 1, 1, 1, 4]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"caption_dropout_rate": 1.5}, "caption_dropout_rate must be in [0, 1]"),
+    ({"num_repeats": 0}, "num_repeats must be >= 1"),
+])
+def test_subset_settings_are_checked(tmp_path, settings, words):
+    with pytest.raises(DatasetConfigError, match=re.escape(words)):
+        SubsetConfig(tmp_path, tmp_path, **settings)
+
+
+def test_dataset_settings_are_checked(tmp_path):
+    with pytest.raises(DatasetConfigError, match="resolution must be"):
+        DatasetConfig([], resolution=32)
+    with pytest.raises(DatasetConfigError, match=re.escape("use (1024, 960)")):
+        DatasetConfig([], resolution=(1000, 950))
+    with pytest.raises(DatasetConfigError, match="min_bucket_reso <= resolution"):
+        DatasetConfig([], resolution=1024, max_bucket_reso=512)

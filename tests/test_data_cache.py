@@ -1,6 +1,8 @@
 """Caches of VAE latents and text-encoder outputs, with the tiny SDXL pipeline."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -109,3 +111,11 @@ def test_caption_dropout_uses_the_cached_empty_caption(pipe, folders):
     assert dataset.cache_text_encoder_outputs(tokenizers, encoders, progress=False) == 3
     empty, _ = encode_prompts(tokenizers, encoders, [""])
     assert torch.allclose(dataset[1]["prompt_embeds"], empty[0])
+
+
+def test_a_vae_that_overflows_is_refused_instead_of_caching_nan(pipe, folders):
+    broken = copy.deepcopy(pipe.vae)
+    with torch.no_grad():
+        broken.encoder.conv_in.bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="float32"):
+        dataset_of(*folders).cache_latents(broken, progress=False)

@@ -54,7 +54,7 @@ MESSY_EXPECTATIONS = [
     ("images/._good.png", "skipped", "hidden"),
     ("images/dup.png", "skipped", "share the basename"),
     ("images/dup.jpg", "skipped", "share the basename"),
-    ("conditioning/dup.png", "skipped", "ambiguous"),
+    ("conditioning/dup.png", "skipped", "several images are named 'dup.*'"),
     ("images/conddup.png", "skipped", "several conditioning images"),
     ("conditioning/conddup.jpg", "skipped", "share the basename"),
     ("conditioning/conddup.png", "skipped", "share the basename"),

@@ -20,9 +20,14 @@ from data_tools.synthesize import SynthesisConfig, expand_wildcards, read_prompt
 from lllite.conditioning import KINDS, blur, canny, greyscale, make_conditioning, soft_edge
 from lllite.data import PairedDataset, load_dataset_config, load_rgb
 from lllite.toy import build_pipeline
-from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png
+from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png, write_pair
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -62,6 +67,24 @@ def test_check_exits_non_zero_when_no_pair_is_usable(tmp_path, capsys):
     assert main(["check", str(tmp_path / "img"), "--conditioning", str(tmp_path / "missing")]) == 1
     output = capsys.readouterr()
     assert "conditioning_data_dir is not a folder" in output.out and "no usable pair" in output.err
+
+
+def test_check_reads_every_subset_of_a_kohya_toml(tmp_path, capsys):
+    make_messy_folder(tmp_path / "messy")
+    write_pair(tmp_path / "clean" / "img", tmp_path / "clean" / "cond", "a")
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(
+        "[[datasets]]\nresolution = 128\n"
+        '[[datasets.subsets]]\nimage_dir = "messy/images"\nconditioning_data_dir = "messy/conditioning"\n'
+        '[[datasets.subsets]]\nimage_dir = "clean/img"\nconditioning_data_dir = "clean/cond"\n'
+    )
+    assert main(["check", "--config", str(toml), "--quiet"]) == 0
+    assert f"{len(MESSY_USABLE) + 1} usable pair(s)" in capsys.readouterr().out
+
+
+def test_check_needs_folders_or_a_config(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == 2
+    assert "--conditioning COND_DIR" in capsys.readouterr().err
 
 
 def test_check_refuses_to_replace_an_existing_report(tmp_path, capsys):
@@ -140,15 +163,15 @@ def test_make_conditioning_writes_canny_of_each_upright_image_under_its_basename
     assert (written, kept, failures) == (5, 0, [])
     assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png", "p3.png", "turned.png"]
     expected = canny(np.asarray(load_rgb(source / "p2.jpg")[0]), 100, 200)
-    assert np.array_equal(np.asarray(Image.open(out / "p2.png")), expected)
-    assert Image.open(out / "turned.png").size == (48, 80)
+    assert np.array_equal(pixels(out / "p2.png"), expected)
+    assert pixels(out / "turned.png").shape == (80, 48, 3)
 
 
 def test_make_conditioning_thresholds_change_the_edges(source, tmp_path):
     make_folder("canny", source, tmp_path / "default", workers=1, progress=False)
     make_folder("canny", source, tmp_path / "strict", ConditioningOptions(400, 800), workers=1, progress=False)
-    default = np.asarray(Image.open(tmp_path / "default" / "p0.png"))
-    strict = np.asarray(Image.open(tmp_path / "strict" / "p0.png"))
+    default = pixels(tmp_path / "default" / "p0.png")
+    strict = pixels(tmp_path / "strict" / "p0.png")
     assert strict.sum() < default.sum()
 
 
@@ -162,9 +185,9 @@ def test_make_conditioning_keeps_finished_files_unless_told_to_overwrite(source,
     out = tmp_path / "out"
     save(out / "p1.png", np.full((4, 4, 3), 7, np.uint8))
     assert make_folder("greyscale", source, out, workers=1, progress=False) == (3, 1, [])
-    assert np.asarray(Image.open(out / "p1.png")).max() == 7
+    assert pixels(out / "p1.png").max() == 7
     assert make_folder("greyscale", source, out, workers=1, overwrite=True, progress=False) == (4, 0, [])
-    assert Image.open(out / "p1.png").size == (80, 48)
+    assert pixels(out / "p1.png").shape == (48, 80, 3)
 
 
 def test_make_conditioning_reports_bad_files_and_leaves_no_temporary_files(source, tmp_path, capsys):
@@ -181,6 +204,9 @@ def test_make_conditioning_refuses_bad_options(source, tmp_path):
         make_folder("canny", source, tmp_path / "out", ConditioningOptions(300, 100), progress=False)
     with pytest.raises(CommandError, match="OUT_DIR must differ"):
         make_folder("canny", source, source, progress=False)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(CommandError, match="is a file"):
+        make_folder("canny", source, tmp_path / "file.png", progress=False)
 
 
 # -- synthesize ----------------------------------------------------------------------------------
@@ -226,10 +252,11 @@ def test_synthesize_writes_pairs_with_caption_and_prompt_metadata(pipe, tmp_path
     assert synthesize(pipe, config(), tmp_path, progress=False) == (3, 0)
     for index in range(3):
         caption = (tmp_path / "images" / f"{index:06d}.txt").read_text().strip()
-        image = Image.open(tmp_path / "images" / f"{index:06d}.png")
-        assert caption == config().prompt_for(index) and image.text["prompt"] == caption
-        assert image.size == (64, 64)
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "canny" / f"{index:06d}.png")), canny(np.asarray(image.convert("RGB"))))
+        with Image.open(tmp_path / "images" / f"{index:06d}.png") as image:
+            prompt, picture = image.text["prompt"], np.asarray(image.convert("RGB"))
+        assert caption == config().prompt_for(index) and prompt == caption
+        assert picture.shape == (64, 64, 3)
+        assert np.array_equal(pixels(tmp_path / "canny" / f"{index:06d}.png"), canny(picture))
         assert (tmp_path / "greyscale" / f"{index:06d}.png").is_file()
     assert config().prompt_for(1) == "a green triangle"
 
@@ -237,7 +264,7 @@ def test_synthesize_writes_pairs_with_caption_and_prompt_metadata(pipe, tmp_path
 def test_synthesize_is_deterministic_by_seed_and_nearly_independent_of_batch_size(pipe, tmp_path):
     for name, settings in {"a": {}, "again": {}, "batched": {"batch_size": 2}, "other_seed": {"seed": 6}}.items():
         synthesize(pipe, config(num_images=2, **settings), tmp_path / name, progress=False)
-    first = {name: np.asarray(Image.open(tmp_path / name / "images" / "000000.png")).astype(int)
+    first = {name: pixels(tmp_path / name / "images" / "000000.png").astype(int)
              for name in ("a", "again", "batched", "other_seed")}
     assert np.array_equal(first["a"], first["again"])
     assert np.abs(first["a"] - first["batched"]).max() <= 1
@@ -246,13 +273,13 @@ def test_synthesize_is_deterministic_by_seed_and_nearly_independent_of_batch_siz
 
 def test_interrupted_synthesis_continues_with_the_same_images(pipe, tmp_path):
     synthesize(pipe, config(num_images=2), tmp_path, progress=False)
-    lost = np.asarray(Image.open(tmp_path / "images" / "000001.png"))
+    lost = pixels(tmp_path / "images" / "000001.png")
     kept = snapshot(tmp_path)["images/000000.png"]
     (tmp_path / "images" / "000001.png").unlink()
     (tmp_path / "canny" / "000000.png").unlink()
     assert synthesize(pipe, config(num_images=3), tmp_path, progress=False) == (2, 1)
     assert snapshot(tmp_path)["images/000000.png"] == kept
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "images" / "000001.png")), lost)
+    assert np.array_equal(pixels(tmp_path / "images" / "000001.png"), lost)
     assert (tmp_path / "canny" / "000000.png").is_file() and (tmp_path / "canny" / "000002.png").is_file()
 
 
@@ -275,3 +302,11 @@ def test_synthesize_cli_makes_a_dataset_that_passes_check_and_loads(pipe, tmp_pa
     (dataset_config,) = load_dataset_config(out / "dataset.toml")
     sample = PairedDataset(dataset_config, progress=False)[0]
     assert sample["image"].shape == (3, 64, 64) and sample["caption"] in {"a red circle", "a yellow circle"}
+
+
+def test_toy_shapes_dataset_passes_check_without_a_problem(tmp_path, capsys):
+    from lllite.toy.shapes import write_dataset
+
+    out = write_dataset(tmp_path / "shapes", count=3, size=64)
+    assert main(["check", str(out / "images"), "--conditioning", str(out / "conditioning"), "--quiet"]) == 0
+    assert "3 usable pair(s); 0 conversion(s), 0 file(s) skipped, 0 error(s)" in capsys.readouterr().out
