@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .conditioning import canny
@@ -208,8 +209,6 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     keys = [str(float(s)) for s in config.strengths]
     means = [float(np.mean(ious[s])) for s in config.strengths]
     stds = [float(np.std(ious[s])) for s in config.strengths]
-    from PIL import Image
-
     rows = []
     for i in range(min(config.grid_rows, len(held_out))):
         rows.append([Image.fromarray(canny(held_out[i].image)), Image.fromarray(held_out[i].image)]
