@@ -65,7 +65,7 @@ class DemoConfig:
     size: int = 128
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_train_seconds: float = 300.0
-    max_train_steps: int = 600
+    max_train_steps: int = 1100
     train_batch_size: int = 16
     learning_rate: float = 2e-3
     cond_emb_dim: int = 32
