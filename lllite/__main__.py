@@ -28,12 +28,38 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+    from .train import TrainError
+
+    settings = {"out": args.out, "overwrite": args.overwrite, "threads": args.threads}
+    if args.max_train_seconds is not None:
+        settings["max_train_seconds"] = args.max_train_seconds
+    config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
+    try:
+        result = run_demo(config)
+    except (FileExistsError, FileNotFoundError, TrainError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in result.strength_iou.items())}")
+    print(f"trained {result.train_steps} steps in {result.train_seconds:.0f} s; total {result.total_seconds:.0f} s")
+    print(f"wrote {result.out}/metrics.json, comparison.png, iou_vs_strength.png and {result.weights}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lllite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="describe an LLLite file: modules, dimensions, metadata")
     inspect.add_argument("file")
     inspect.set_defaults(run=_inspect)
+    demo = commands.add_parser("demo", help="train an LLLite on the toy world and measure control against strength")
+    demo.add_argument("--out", default="lllite-demo", help="output folder (default: lllite-demo)")
+    demo.add_argument("--quick", action="store_true", help="a few steps and samples: a smoke test, not a result")
+    demo.add_argument("--max-train-seconds", type=float, help="training time budget (default 300)")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in --out")
+    demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     return args.run(args)
 

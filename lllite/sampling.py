@@ -1,0 +1,412 @@
+"""Generate with LLLite networks on any SDXL pipeline, and compare strengths by looking.
+
+    from lllite.sampling import generate, strength_grid, save_png
+    images = generate(pipe, network, control, "a red circle", seed=[0, 1], strength=0.8)
+    grid = strength_grid(pipe, network, control, ["a red circle", "a blue square"], seeds=[0, 1])
+    save_png(grid, "grid.png")
+
+Every image carries its generation parameters in ``image.info["parameters"]`` (JSON), and
+:func:`save_png` writes them into the PNG, so a picture always says how it was made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
+
+from .images import to_control_tensor, to_pil
+from .network import LLLiteNetwork
+
+#: Strengths of the guidance-strength comparison.
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Step ranges of :func:`step_range_grid`: (start, end) fractions of the denoising steps.
+STEP_RANGES = ((0.0, 1.0), (0.0, 0.5), (0.0, 0.25), (0.25, 1.0), (0.5, 1.0))
+
+
+def _as_list(value, name: str) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{name}: an empty list")
+    return values
+
+
+def _networks(networks) -> list[LLLiteNetwork]:
+    networks = _as_list(networks, "networks")
+    for network in networks:
+        if not isinstance(network, LLLiteNetwork):
+            raise TypeError(f"networks: expected LLLiteNetwork objects (lllite.load / create_network), got {type(network).__name__}")
+    return networks
+
+
+@contextmanager
+def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, strengths: list[float], start: float, end: float):
+    """Attach (if needed) and set up each network for one generation; restore everything after."""
+    saved = [(n.cond_image, n.multiplier, n.guidance_start, n.guidance_end, n.is_attached, n.training) for n in networks]
+    try:
+        for network, control, strength in zip(networks, controls, strengths):
+            if not network.is_attached:
+                network.apply_to(pipe)
+            network.eval()
+            network.set_cond_image(control)
+            network.set_multiplier(strength)
+            network.set_step_range(start, end)
+        yield
+    finally:
+        for network, (image, multiplier, old_start, old_end, attached, training) in zip(networks, saved):
+            network.set_cond_image(image)
+            network.multiplier = multiplier
+            network.guidance_start, network.guidance_end = old_start, old_end
+            network.train(training)
+            if not attached:
+                network.remove()
+
+
+def _pixel_size(control: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
+    height = height or control.shape[-2]
+    width = width or control.shape[-1]
+    if height % 8 or width % 8:
+        raise ValueError(f"height and width must be multiples of 8 (SDXL's VAE), got {height}x{width}")
+    return height, width
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    networks,
+    control,
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None = None,
+    seed: int | Sequence[int] = 0,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 5.0,
+    strength: float | Sequence[float] = 1.0,
+    start: float = 0.0,
+    end: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+) -> list[Image.Image]:
+    """Generate images with one or more LLLite networks applied to an SDXL pipeline.
+
+    The networks are attached for the call when they are not attached yet, and left as they were
+    (control image, strength, step range, attachment) afterwards.
+
+    Args:
+        pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature).
+        networks: one :class:`LLLiteNetwork` or a list of them.
+        control: the control image (PIL, uint8 numpy, or tensor in [-1, 1]; see
+            :meth:`LLLiteNetwork.set_cond_image`) for one network; a list with one per network for
+            several. A batch of images gives one control per generated image.
+        prompt: one prompt, or one per image.
+        negative_prompt: None (the pipeline's default), one, or one per image.
+        seed: one seed, or one per image; prompts and seeds broadcast to the longer list.
+        num_inference_steps: denoising steps.
+        guidance_scale: classifier-free guidance scale (1 switches guidance off).
+        strength: multiplier of every network, or one per network; 0 switches a network off.
+        start, end: fractions of the denoising steps where the networks act (0 <= start < end <= 1).
+        height, width: pixel size; by default the first control image's size.
+
+    Returns:
+        PIL images, each with its parameters as JSON in ``image.info["parameters"]``.
+    """
+    networks = _networks(networks)
+    controls = [control] if len(networks) == 1 else _as_list(control, "control")
+    strengths = [float(s) for s in _as_list(strength, "strength")]
+    if len(strengths) == 1:
+        strengths *= len(networks)
+    if len(controls) != len(networks) or len(strengths) != len(networks):
+        raise ValueError(
+            f"{len(networks)} networks need one control image and one strength each; got "
+            f"{len(controls)} control image(s) and {len(strengths)} strength(s)"
+        )
+    controls = [to_control_tensor(c, f"control[{i}]") for i, c in enumerate(controls)]
+    prompts = [str(p) for p in _as_list(prompt, "prompt")]
+    seeds = [int(s) for s in _as_list(seed, "seed")]
+    count = max(len(prompts), len(seeds))
+    for name, values in (("prompt", prompts), ("seed", seeds)):
+        if len(values) not in (1, count):
+            raise ValueError(f"{name}: give one or {count} values (one per image), got {len(values)}")
+    prompts = prompts * count if len(prompts) == 1 else prompts
+    seeds = seeds * count if len(seeds) == 1 else seeds
+    negatives = None
+    if negative_prompt is not None:
+        negatives = [str(p) for p in _as_list(negative_prompt, "negative_prompt")]
+        if len(negatives) not in (1, count):
+            raise ValueError(f"negative_prompt: give one or {count} values (one per image), got {len(negatives)}")
+        negatives = negatives * count if len(negatives) == 1 else negatives
+    height, width = _pixel_size(controls[0], height, width)
+
+    with _controlled(pipe, networks, controls, strengths, start, end):
+        images = pipe(
+            prompt=prompts,
+            negative_prompt=negatives,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="pil",
+        ).images
+    names = [n.metadata.get("ss_output_name") or n.metadata.get("lllite.name") or f"network {i}" for i, n in enumerate(networks)]
+    for i, image in enumerate(images):
+        image.info["parameters"] = json.dumps({
+            "prompt": prompts[i],
+            "negative_prompt": None if negatives is None else negatives[i],
+            "seed": seeds[i],
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "strength": strengths if len(strengths) > 1 else strengths[0],
+            "start": start,
+            "end": end,
+            "height": height,
+            "width": width,
+            "networks": names,
+        })
+    return images
+
+
+# ------------------------------------------------------------------------------------------ grids
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size only
+        return ImageFont.load_default()
+
+
+def image_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    column_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Image.Image:
+    """Paste images into a labelled grid (every cell takes the size of the largest image).
+
+    Args:
+        rows: images, row by row; rows may differ in length.
+        column_labels: text above each column.
+        row_labels: text left of each row.
+        title: text above everything.
+    """
+    if not rows or not any(rows):
+        raise ValueError("image_grid needs at least one image")
+    cell_w = max(im.width for row in rows for im in row)
+    cell_h = max(im.height for row in rows for im in row)
+    font_size = max(10, min(28, cell_h // 10))
+    font = _font(font_size)
+    pad = font_size // 2
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> int:
+        return int(measure.textlength(text, font=font))
+
+    def wrap(text: str, limit: int) -> list[str]:
+        lines, line = [], ""
+        for word in text.split():
+            candidate = f"{line} {word}".strip()
+            if line and text_width(candidate) > limit:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        return lines + [line] if line else lines
+
+    line_h = font_size + 4
+    left = 0
+    row_text = []
+    if row_labels:
+        limit = max(cell_w, 4 * font_size)
+        row_text = [wrap(label, limit) for label in row_labels]
+        left = min(limit, max(text_width(line) for lines in row_text for line in lines)) + 2 * pad
+    col_text = [wrap(label, cell_w - pad) for label in column_labels] if column_labels else []
+    header = (max(len(lines) for lines in col_text) * line_h + pad) if col_text else 0
+    title_h = (line_h + pad) if title else 0
+    columns = max(len(row) for row in rows)
+    grid = Image.new("RGB", (left + columns * cell_w + (columns - 1) * pad, title_h + header + len(rows) * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((pad, pad // 2), title, fill="black", font=font)
+    for c, lines in enumerate(col_text):
+        for k, line in enumerate(lines):
+            x = left + c * (cell_w + pad) + (cell_w - text_width(line)) // 2
+            draw.text((x, title_h + k * line_h), line, fill="black", font=font)
+    for r, row in enumerate(rows):
+        y = title_h + header + r * (cell_h + pad)
+        if row_text:
+            lines = row_text[r]
+            top = y + (cell_h - len(lines) * line_h) // 2
+            for k, line in enumerate(lines):
+                draw.text((pad, top + k * line_h), line, fill="black", font=font)
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (left + c * (cell_w + pad), y))
+    return grid
+
+
+def _control_picture(control: torch.Tensor, index: int, size: tuple[int, int]) -> Image.Image:
+    picture = to_pil(control[min(index, len(control) - 1)][None])[0]
+    return picture if picture.size == (size[1], size[0]) else picture.resize((size[1], size[0]))
+
+
+def _row_controls(control, rows: int) -> torch.Tensor:
+    """One control tensor per row: a single image is used for every row."""
+    if isinstance(control, (list, tuple)) and len(control) == rows and rows > 1:
+        tensors = [to_control_tensor(c, f"control[{i}]") for i, c in enumerate(control)]
+    else:
+        tensors = [to_control_tensor(control)]
+    return torch.cat(tensors)
+
+
+@torch.no_grad()
+def strength_grid(
+    pipe,
+    network: LLLiteNetwork,
+    control,
+    prompts: str | Sequence[str],
+    seeds: int | Sequence[int] = (0,),
+    strengths: Sequence[float] = STRENGTHS,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 5.0,
+    start: float = 0.0,
+    end: float = 1.0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Image.Image:
+    """The guidance-strength comparison: strengths in columns, prompts x seeds in rows, the control first.
+
+    Args:
+        pipe, network: an SDXL pipeline and one LLLite network.
+        control: one control image for every row, or a list with one per prompt.
+        prompts: the rows' prompts; each prompt gets one row per seed.
+        seeds: the seeds of each prompt's rows.
+        strengths: the columns (multipliers).
+        batch_size: images generated at once (lower it if a GPU runs out of memory).
+        progress: show a progress bar over the columns.
+        negative_prompt, num_inference_steps, guidance_scale, start, end: as in :func:`generate`.
+
+    Returns:
+        The grid, with every cell's parameters as JSON in ``grid.info["parameters"]``.
+    """
+    prompts = [str(p) for p in _as_list(prompts, "prompts")]
+    seeds = [int(s) for s in _as_list(seeds, "seeds")]
+    strengths = [float(s) for s in _as_list(strengths, "strengths")]
+    per_prompt = _row_controls(control, len(prompts))
+    rows = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
+    cells: list[list[Image.Image]] = [[] for _ in rows]
+    bar = tqdm(total=len(strengths) * len(rows), desc="strength grid", unit="image", disable=not progress)
+    for strength in strengths:
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first:first + batch_size]
+            controls = per_prompt[[p if len(per_prompt) > 1 else 0 for p, _, _ in chunk]]
+            images = generate(
+                pipe, network, controls, [prompt for _, prompt, _ in chunk], negative_prompt,
+                [seed for _, _, seed in chunk], num_inference_steps, guidance_scale, strength, start, end,
+            )
+            for offset, image in enumerate(images):
+                cells[first + offset].append(image)
+            bar.update(len(chunk))
+    bar.close()
+    size = (cells[0][0].height, cells[0][0].width)
+    grid_rows = [[_control_picture(per_prompt, p, size)] + cells[r] for r, (p, _, _) in enumerate(rows)]
+    labels = [f"{prompt} | seed {seed}" for _, prompt, seed in rows]
+    grid = image_grid(grid_rows, ["control"] + [f"strength {s:g}" for s in strengths], labels)
+    grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
+    return grid
+
+
+@torch.no_grad()
+def step_range_grid(
+    pipe,
+    network: LLLiteNetwork,
+    control,
+    prompt: str,
+    seeds: int | Sequence[int] = (0,),
+    ranges: Sequence[tuple[float, float]] = STEP_RANGES,
+    strength: float = 1.0,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 5.0,
+    progress: bool = True,
+) -> Image.Image:
+    """Where in the denoising the control acts: step ranges (start-end) in columns, seeds in rows.
+
+    Args:
+        ranges: (start, end) fractions of the denoising steps, one column each.
+        strength: the network's multiplier in every cell.
+        Other arguments as in :func:`strength_grid`.
+    """
+    seeds = [int(s) for s in _as_list(seeds, "seeds")]
+    controls = to_control_tensor(control)
+    cells: list[list[Image.Image]] = [[] for _ in seeds]
+    for start, end in tqdm(ranges, desc="step-range grid", unit="column", disable=not progress):
+        images = generate(pipe, network, controls, prompt, negative_prompt, seeds, num_inference_steps,
+                          guidance_scale, strength, start, end)
+        for row, image in zip(cells, images):
+            row.append(image)
+    size = (cells[0][0].height, cells[0][0].width)
+    grid_rows = [[_control_picture(controls, 0, size)] + row for row in cells]
+    grid = image_grid(grid_rows, ["control"] + [f"steps {a:g}-{b:g}" for a, b in ranges],
+                      [f"seed {s}" for s in seeds], title=f"{prompt} | strength {strength:g}")
+    grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
+    return grid
+
+
+@torch.no_grad()
+def side_by_side(
+    pipe,
+    network: LLLiteNetwork,
+    control,
+    prompt: str,
+    seed: int = 0,
+    strength: float = 1.0,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 5.0,
+    start: float = 0.0,
+    end: float = 1.0,
+) -> Image.Image:
+    """Three pictures in a row: the control, the image without the network, the image with it."""
+    controls = to_control_tensor(control)
+    without, = generate(pipe, network, controls, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, 0.0)
+    with_, = generate(pipe, network, controls, prompt, negative_prompt, seed, num_inference_steps, guidance_scale,
+                      strength, start, end)
+    size = (with_.height, with_.width)
+    grid = image_grid([[_control_picture(controls, 0, size), without, with_]],
+                      ["control", "without", f"with (strength {strength:g})"], title=f"{prompt} | seed {seed}")
+    grid.info["parameters"] = json.dumps([json.loads(without.info["parameters"]), json.loads(with_.info["parameters"])])
+    return grid
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``image`` as a PNG with its text metadata (``image.info["parameters"]`` and other strings), atomically.
+
+    Args:
+        path: destination ``.png``; folders are created.
+        overwrite: replace an existing file; otherwise an existing file raises ``FileExistsError``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: save_png writes .png files")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    for key, value in image.info.items():
+        if isinstance(value, str):
+            info.add_text(key, value)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        image.save(temporary, format="PNG", pnginfo=info)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,777 @@
+"""Train a ControlNet-LLLite network on a frozen SDXL: the whole loop, top to bottom.
+
+    python -m lllite.train --config my_lllite.toml
+    python -m lllite.train --config my_lllite.toml --resume          # continue from the latest checkpoint
+    accelerate launch --num_processes 2 -m lllite.train --config my_lllite.toml   # several GPUs (DDP)
+
+Options carry kohya's names (``TrainConfig``). Only the LLLite network trains; the UNet, VAE and
+text encoders are frozen. The objective is SDXL's: DDPM noise (scaled_linear betas 0.00085..0.012,
+1000 steps), epsilon prediction, micro-conditioning time ids.
+
+Every random draw (data order per epoch, flips and caption dropout, noise, timesteps) is a function
+of ``seed`` and the step, so a run killed at any point and resumed from a checkpoint ends with the
+same weights as a run that was never stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts, load_dataset_config
+from .names import find_targets
+from .network import LLLiteNetwork, create_network
+
+OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+#: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
+TOY_MODEL = "toy"
+
+
+class TrainError(ValueError):
+    """A setting, model or dataset that training cannot use; the message says which and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run, named as in kohya's sd-scripts; the defaults are the SDXL canny recipe.
+
+    Args:
+        pretrained_model_name_or_path: hub id, local diffusers folder, single-file checkpoint
+            (``.safetensors``/``.ckpt``), or ``"toy"`` for the pretrained toy SDXL.
+        dataset_config: kohya dataset TOML (``[[datasets]]`` / ``[[datasets.subsets]]``), or
+            :class:`lllite.data.DatasetConfig` objects.
+        output_dir, output_name: the trained file is ``output_dir/output_name.safetensors``.
+        cond_emb_dim: channels of the conditioning embedding (32 for canny).
+        network_dim: width of the modules' projections (kohya's rank; 64 for canny, ~half for depth).
+        up_path: also adapt the up path's transformer blocks (kohya: down path and middle only).
+        learning_rate: AdamW learning rate.
+        max_train_steps: optimizer steps; ``max_train_epochs`` overrides it when set.
+        max_train_epochs: passes over the dataset.
+        max_train_seconds: stop after this much training time (checked between steps).
+        train_batch_size: samples per step and process; None keeps each dataset's ``batch_size``.
+        gradient_accumulation_steps: batches summed into one optimizer step.
+        mixed_precision: ``"no"``, ``"fp16"`` (CUDA) or ``"bf16"``; the network stays float32 under autocast
+            while the frozen models are stored in the half type.
+        gradient_checkpointing: recompute UNet activations in the backward pass (less memory, ~30% slower).
+        cache_latents: encode every image once before training; the VAE then leaves the GPU.
+        cache_latents_to_disk: keep the latent cache in ``output_dir/cache`` between runs.
+        cache_text_encoder_outputs: encode every caption once; the text encoders then leave the GPU.
+        optimizer_type: ``"adamw"`` or ``"adamw8bit"`` (bitsandbytes; plain AdamW when it is missing).
+        weight_decay: AdamW weight decay.
+        lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``.
+        lr_warmup_steps: steps of linear warmup.
+        max_grad_norm: clip the gradient norm to this (0 switches clipping off).
+        noise_offset: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
+        min_snr_gamma: min-SNR loss weighting with this gamma (5 is usual); None = off.
+        seed: seeds the network's init and every random draw of the run.
+        save_every_n_steps: write a checkpoint (weights + optimizer state) and a kohya file this often.
+        checkpoints_total_limit: checkpoints kept; older ones are deleted.
+        save_precision: dtype of the written LLLite files: ``fp16`` (as published), ``bf16`` or ``float``.
+        sample_every_n_steps: write a validation grid (control, strength 0, strength 1) this often.
+        num_validation_images: dataset samples shown in the validation grid.
+        sample_num_inference_steps, sample_guidance_scale, sample_seed: how validation images are made.
+        logging_dir: TensorBoard folder (when tensorboard is installed); default ``output_dir/logs``.
+        resume: ``"latest"`` or a checkpoint folder to continue from.
+        overwrite: start over even when ``output_dir`` holds an earlier run's file or checkpoints.
+        max_data_loader_n_workers: DataLoader worker processes.
+        progress: show progress bars.
+    """
+
+    pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    dataset_config: str | DatasetConfig | list[DatasetConfig] | None = None
+    output_dir: str = "output"
+    output_name: str = "lllite"
+    cond_emb_dim: int = 32
+    network_dim: int = 64
+    up_path: bool = False
+    learning_rate: float = 2e-4
+    max_train_steps: int = 1600
+    max_train_epochs: int | None = None
+    max_train_seconds: float | None = None
+    train_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = False
+    cache_text_encoder_outputs: bool = True
+    optimizer_type: str = "adamw8bit"
+    weight_decay: float = 0.01
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    seed: int = 42
+    save_every_n_steps: int | None = None
+    checkpoints_total_limit: int = 2
+    save_precision: str = "fp16"
+    sample_every_n_steps: int | None = None
+    num_validation_images: int = 4
+    sample_num_inference_steps: int = 20
+    sample_guidance_scale: float = 5.0
+    sample_seed: int = 0
+    logging_dir: str | None = None
+    resume: str | None = None
+    overwrite: bool = False
+    max_data_loader_n_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
+                   "mixed_precision": MIXED_PRECISIONS, "save_precision": tuple(SAVE_PRECISIONS)}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise TrainError(f"{name} = {value!r} is not one of {list(allowed)}")
+        positive = ["cond_emb_dim", "network_dim", "max_train_steps", "gradient_accumulation_steps",
+                    "checkpoints_total_limit", "sample_num_inference_steps"]
+        positive += [n for n in ("max_train_epochs", "train_batch_size", "save_every_n_steps", "sample_every_n_steps")
+                     if getattr(self, n) is not None]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cond_emb_dim % 2:
+            raise TrainError(f"cond_emb_dim must be even (the first conv has cond_emb_dim / 2 channels), got {self.cond_emb_dim}")
+        if not self.learning_rate > 0:
+            raise TrainError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("lr_warmup_steps", "max_grad_norm", "noise_offset", "weight_decay", "num_validation_images",
+                     "max_data_loader_n_workers"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            raise TrainError(f"max_train_seconds must be > 0, got {self.max_train_seconds}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise TrainError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        network: the trained network (attached to the pipeline's UNet; call ``remove()`` to detach).
+        weights: the kohya-format file written (None on processes other than the main one).
+        steps: optimizer steps done in total (resumed runs count the earlier steps).
+        losses: (step, loss) of every step, including steps before a resume.
+        train_seconds: time spent in the training loop by this run (not counting caching and loading).
+        stopped_by: ``"max_train_steps"`` or ``"max_train_seconds"``.
+    """
+
+    network: LLLiteNetwork
+    weights: Path | None
+    steps: int
+    losses: list[tuple[int, float]]
+    train_seconds: float
+    stopped_by: str
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def load_sdxl(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """An SDXL pipeline from a hub id, a local diffusers folder, a single-file checkpoint or ``"toy"``."""
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and name_or_path == TOY_MODEL:
+        from .toy import load_pipeline
+
+        return load_pipeline(dtype=dtype)
+    try:
+        if path.is_file():
+            return StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype)
+        return StableDiffusionXLPipeline.from_pretrained(str(path) if path.is_dir() else name_or_path, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainError(
+            f"pretrained_model_name_or_path {name_or_path!r} could not be loaded as an SDXL pipeline ({first}); "
+            "give a hub id with internet access, a local diffusers folder, or a .safetensors checkpoint"
+        ) from None
+
+
+def check_sdxl(pipe, name: str = "the model") -> None:
+    """Raise :class:`TrainError` unless ``pipe`` has SDXL's parts: two text encoders, a text_time UNet with transformer blocks."""
+    missing = [part for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+               if getattr(pipe, part, None) is None]
+    if missing:
+        raise TrainError(f"{name} is not an SDXL pipeline: it has no {', '.join(missing)} (LLLite needs SDXL's two text encoders)")
+    embed = getattr(pipe.unet.config, "addition_embed_type", None)
+    if embed != "text_time":
+        raise TrainError(f"{name} is not SDXL-shaped: its UNet's addition_embed_type is {embed!r}, SDXL's is 'text_time'")
+    try:
+        targets = find_targets(pipe.unet, up_path=False)
+    except (KeyError, ValueError, AttributeError) as error:
+        raise TrainError(f"{name} is not SDXL-shaped: {error}") from None
+    if not targets:
+        raise TrainError(f"{name} is not SDXL-shaped: its UNet has no transformer blocks on the down path for LLLite")
+
+
+def pixel_multiple(pipe) -> int:
+    """Image sides must be multiples of this: the VAE's factor times the UNet's downsamplings."""
+    levels = len(pipe.unet.config.block_out_channels)
+    return int(getattr(pipe, "vae_scale_factor", 8)) * 2 ** (levels - 1)
+
+
+def check_resolutions(dataset: PairedDataset, pipe, source: str) -> None:
+    """Raise :class:`TrainError` when a bucket's size cannot pass through the VAE and the UNet's levels."""
+    multiple = pixel_multiple(pipe)
+    for index in range(len(dataset)):
+        dataset_index, (width, height) = dataset.bucket_of(index)
+        if width % multiple or height % multiple:
+            raise TrainError(
+                f"{source}: dataset {dataset_index} trains at {width}x{height} px, but this model needs sides that are "
+                f"multiples of {multiple} px; set resolution and bucket_reso_steps to multiples of {multiple}"
+            )
+
+
+class ControlledUNet(nn.Module):
+    """The frozen UNet and the LLLite network as one module, so that DDP sees a forward and syncs the network.
+
+    The network works through hooks inside the UNet; wrapping the bare network in DDP would never
+    call its forward, and its gradients would never be averaged.
+    """
+
+    def __init__(self, unet: nn.Module, network: LLLiteNetwork):
+        super().__init__()
+        self.unet = unet
+        self.network = network
+
+    def forward(self, noisy_latents, timesteps, control, prompt_embeds, pooled_prompt_embeds, time_ids):
+        self.network.set_cond_image(control)
+        added = {"text_embeds": pooled_prompt_embeds, "time_ids": time_ids}
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added).sample
+
+
+# ------------------------------------------------------------------------------------------ randomness and data order
+
+
+def step_generator(seed: int, *parts: int) -> torch.Generator:
+    """A generator seeded by ``(seed, *parts)``, e.g. (seed, step, micro-batch, process)."""
+    digest = hashlib.blake2b(":".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def epoch_batches(sampler: BucketBatchSampler, epoch: int) -> list[list[int]]:
+    """The shuffled batches of one epoch, the same on every process."""
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def training_batches(dataset: PairedDataset, sampler: BucketBatchSampler, steps_per_epoch: int, accumulation: int,
+                     world: int, rank: int, first_step: int, workers: int) -> Iterator[list[dict]]:
+    """For each optimizer step from ``first_step`` on: this process's micro-batches.
+
+    Step ``s`` reads batches ``((s mod steps_per_epoch) * accumulation + micro) * world + rank`` of epoch
+    ``s // steps_per_epoch``, so the data of any step is known without replaying earlier ones.
+    """
+    step = first_step
+    while True:
+        epoch, position = divmod(step, steps_per_epoch)
+        batches = epoch_batches(sampler, epoch)
+        mine = [batches[((k * accumulation + micro) * world + rank) % len(batches)]
+                for k in range(position, steps_per_epoch) for micro in range(accumulation)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=workers)
+        micro_batches: list[dict] = []
+        for batch in loader:
+            micro_batches.append(batch)
+            if len(micro_batches) == accumulation:
+                yield micro_batches
+                micro_batches = []
+                step += 1
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def find_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if (p / "network.safetensors").is_file() and (p / "training_state.pt").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_checkpoint(folder: Path, network: LLLiteNetwork, state: dict) -> None:
+    """Network (float32) and training state, written to a temporary folder and then renamed into place."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()},
+                  str(staging / "network.safetensors"))
+        torch.save(state, staging / "training_state.pt")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def load_checkpoint(folder: Path, network: LLLiteNetwork) -> dict:
+    from safetensors.torch import load_file
+
+    weights = folder / "network.safetensors"
+    state_path = folder / "training_state.pt"
+    if not weights.is_file() or not state_path.is_file():
+        raise TrainError(f"resume: {folder} is not a checkpoint (it needs network.safetensors and training_state.pt)")
+    try:
+        network.load_state_dict(load_file(str(weights)))
+    except RuntimeError as error:
+        raise TrainError(f"resume: {weights} does not fit this network (other cond_emb_dim, network_dim or model?): "
+                         f"{str(error).splitlines()[0]}") from None
+    return torch.load(state_path, map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+
+def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
+    """Loss per step and its moving average, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s, _ in losses]
+    values = [v for _, v in losses]
+    window = max(1, len(values) // 20)
+    smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axes.plot(steps, values, color="0.75", linewidth=0.8, label="loss")
+    axes.plot(steps, smooth, color="C0", label=f"mean of {window}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("noise MSE")
+    axes.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config: TrainConfig, step: int):
+    """Control, strength 0 and strength 1 for the first dataset samples, fixed seed: is the control learned?"""
+    from .sampling import image_grid, generate
+    from .images import to_pil
+
+    count = min(config.num_validation_images, len(dataset))
+    indices = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
+    rows, labels = [], []
+    for index in indices:
+        sample = dataset.items[index]
+        control = dataset[index]["conditioning_image"][None]
+        images = [generate(pipe, network, control, sample.pair.caption, seed=config.sample_seed,
+                           num_inference_steps=config.sample_num_inference_steps,
+                           guidance_scale=config.sample_guidance_scale, strength=strength)[0]
+                  for strength in (0.0, 1.0)]
+        rows.append([to_pil(control)[0], *images])
+        labels.append(sample.pair.caption or "(no caption)")
+    return image_grid(rows, ["control", "strength 0", "strength 1"], labels, title=f"step {step}")
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def _reset_accelerate_for(mixed_precision: str) -> None:
+    """Allow a new precision in a process that trained before (notebooks); accelerate keeps one global state."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision) and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _make_optimizer(config: TrainConfig, parameters, accelerator):
+    if config.optimizer_type == "adamw8bit":
+        if importlib.util.find_spec("bitsandbytes") is not None and accelerator.device.type == "cuda":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        accelerator.print("optimizer_type adamw8bit needs bitsandbytes and a CUDA GPU "
+                          "(pip install bitsandbytes); training with plain AdamW instead")
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
+    source = config.dataset_config
+    if source is None:
+        raise TrainError("dataset_config is not set: give a kohya dataset TOML with image_dir and conditioning_data_dir")
+    if isinstance(source, DatasetConfig):
+        configs, name = [source], "dataset_config"
+    elif isinstance(source, (list, tuple)) and all(isinstance(c, DatasetConfig) for c in source):
+        configs, name = list(source), "dataset_config"
+    else:
+        configs, name = load_dataset_config(source), str(source)
+    if config.train_batch_size is not None:
+        configs = [dataclasses.replace(c, batch_size=config.train_batch_size) for c in configs]
+    return configs, name
+
+
+def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str) -> dict[str, str]:
+    resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
+    return {
+        "ss_network_module": "networks.control_net_lllite",
+        "ss_output_name": config.output_name,
+        "ss_sd_model_name": str(config.pretrained_model_name_or_path),
+        "ss_cond_emb_dim": str(config.cond_emb_dim),
+        "ss_network_dim": str(config.network_dim),
+        "ss_learning_rate": str(config.learning_rate),
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_optimizer": config.optimizer_type,
+        "ss_max_train_steps": str(config.max_train_steps),
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_num_train_images": str(len(dataset)),
+        "ss_batch_size_per_device": json.dumps(sorted({c.batch_size for c in dataset.configs})),
+        "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
+        "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_seed": str(config.seed),
+        "ss_noise_offset": str(config.noise_offset),
+        "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_dataset_config": dataset_name,
+    }
+
+
+def _prepare_output(config: TrainConfig, output_dir: Path, final: Path) -> Path | None:
+    """The checkpoint to resume from, after refusing to mix a new run into an earlier one's files."""
+    checkpoints = find_checkpoints(output_dir)
+    if config.resume:
+        if config.resume != "latest":
+            return Path(config.resume)
+        if not checkpoints:
+            raise TrainError(f"resume: no checkpoint in {output_dir / 'checkpoints'}; train with save_every_n_steps to write some")
+        return checkpoints[-1]
+    if (final.exists() or checkpoints) and not config.overwrite:
+        raise TrainError(f"{output_dir} already holds a run ({final.name if final.exists() else 'checkpoints'}); "
+                         "pass --resume to continue it, --overwrite to start over, or choose another output_dir")
+    return None
+
+
+def train(config: TrainConfig, pipe=None) -> TrainResult:
+    """Train an LLLite network as ``config`` says and write it in kohya's format.
+
+    Args:
+        config: the run's settings.
+        pipe: an SDXL pipeline already in memory (e.g. the toy); by default it is loaded from
+            ``config.pretrained_model_name_or_path``. Its models are frozen and moved to the training device.
+
+    Raises:
+        TrainError: a setting, the model or the dataset cannot be used; a NaN loss (the message names
+            the last checkpoint written).
+        DatasetConfigError: the dataset TOML or its folders are wrong.
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    _reset_accelerate_for(config.mixed_precision)
+    output_dir = Path(config.output_dir)
+    logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "logs"
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                              log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    final = output_dir / f"{config.output_name}.safetensors"
+    resume_from = _prepare_output(config, output_dir, final)
+    if main and config.overwrite and not config.resume:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+    # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    if device.type == "cuda" and weight_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise TrainError("this GPU has no bf16 (e.g. a T4): set mixed_precision = \"fp16\"")
+    if pipe is None:
+        pipe = load_sdxl(config.pretrained_model_name_or_path)
+    check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
+    unet, vae = pipe.unet, pipe.vae
+    text_encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
+    for model in (unet, vae, *text_encoders):
+        model.requires_grad_(False).eval()
+    # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
+    vae_dtype = torch.float32 if weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else weight_dtype
+    # nn.Module.to: diffusers' own .to() warns about dtype casts meant for from_pretrained.
+    nn.Module.to(unet, device, weight_dtype)
+    nn.Module.to(vae, device, vae_dtype)
+    for encoder in text_encoders:
+        encoder.to(device, weight_dtype)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    # 2. The data, checked against the model; caches let the VAE and text encoders leave the GPU.
+    dataset_configs, dataset_name = _dataset_configs(config)
+    dataset = PairedDataset(dataset_configs, seed=config.seed, progress=config.progress and main)
+    check_resolutions(dataset, pipe, dataset_name)
+    if config.cache_latents:
+        cache = output_dir / "cache" / "latents" if config.cache_latents_to_disk else None
+        with accelerator.main_process_first():
+            dataset.cache_latents(vae, cache, progress=config.progress and main)
+    if config.cache_text_encoder_outputs:
+        dataset.cache_text_encoder_outputs(tokenizers, text_encoders, progress=config.progress and main)
+    offload = device.type == "cuda"
+    if offload and config.cache_latents:
+        vae.to("cpu")
+    if offload and config.cache_text_encoder_outputs:
+        for encoder in text_encoders:
+            encoder.to("cpu")
+    sampler = BucketBatchSampler(dataset, shuffle=True, seed=config.seed)
+    batches_per_epoch = len(epoch_batches(sampler, 0))
+    steps_per_epoch = max(1, batches_per_epoch // (world * config.gradient_accumulation_steps))
+    max_steps = config.max_train_epochs * steps_per_epoch if config.max_train_epochs else config.max_train_steps
+
+    # 3. The network: seeded, attached through hooks, float32 whatever the model's dtype.
+    torch.manual_seed(config.seed)
+    network = create_network(unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path).to(device)
+    network.apply_to(unet)
+    network.train()
+    optimizer = _make_optimizer(config, network.parameters(), accelerator)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=max_steps)
+    step, losses = 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, network)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step, losses = state["step"], [tuple(x) for x in state["losses"]]
+        accelerator.print(f"resuming from {resume_from} at step {step}")
+    model = ControlledUNet(unet, network)
+    # The scheduler is stepped here once per optimizer step; accelerate's wrapper would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if resume_from is not None and accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    if tensorboard:
+        accelerator.init_trackers("lllite", config={k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool))})
+
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear", prediction_type="epsilon")
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    scaling_factor = vae.config.scaling_factor
+
+    def write_outputs(at_step: int, final_file: bool) -> Path | None:
+        if not main:
+            return None
+        epoch = at_step // steps_per_epoch
+        metadata = _metadata(config, dataset, at_step, epoch, dataset_name)
+        target = final if final_file else output_dir / f"{config.output_name}-step{at_step:08d}.safetensors"
+        network.save(target, dtype=SAVE_PRECISIONS[config.save_precision], metadata=metadata, overwrite=True)
+        if losses:
+            plot_losses(losses, output_dir / "loss.png")
+        return target
+
+    def checkpoint(at_step: int) -> None:
+        if main:
+            state = {"step": at_step, "losses": losses, "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": lr_scheduler.state_dict(),
+                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                     "config": {k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool, type(None)))}}
+            save_checkpoint(checkpoint_dir(output_dir, at_step), network, state)
+            for old in find_checkpoints(output_dir)[:-config.checkpoints_total_limit]:
+                shutil.rmtree(old)
+            write_outputs(at_step, final_file=False)
+        accelerator.wait_for_everyone()
+
+    def validate(at_step: int) -> None:
+        if main:
+            from .sampling import save_png
+
+            if offload:
+                vae.to(device)
+                for encoder in text_encoders:
+                    encoder.to(device)
+            with accelerator.autocast():
+                grid = validation_grid(pipe, network, dataset, config, at_step)
+            save_png(grid, output_dir / "samples" / f"{config.output_name}-step{at_step:08d}.png", overwrite=True)
+            if offload and config.cache_latents:
+                vae.to("cpu")
+            if offload and config.cache_text_encoder_outputs:
+                for encoder in text_encoders:
+                    encoder.to("cpu")
+        accelerator.wait_for_everyone()
+
+    # 4. The loop: one optimizer step per iteration, its micro-batches drawn from (seed, step).
+    accumulation = config.gradient_accumulation_steps
+    batches = training_batches(dataset, sampler, steps_per_epoch, accumulation, world, rank, step,
+                               config.max_data_loader_n_workers)
+    bar = tqdm(total=max_steps, initial=step, desc="training LLLite", unit="step", disable=not (config.progress and main))
+    started = time.monotonic()
+    stopped_by = "max_train_steps"
+    while step < max_steps:
+        if config.max_train_seconds is not None:
+            over = torch.tensor(float(time.monotonic() - started >= config.max_train_seconds), device=device)
+            if accelerator.reduce(over, "max").item() > 0:
+                stopped_by = "max_train_seconds"
+                break
+        step_loss = torch.zeros((), device=device)
+        for micro, batch in enumerate(next(batches)):
+            generator = step_generator(config.seed, step, micro, rank)
+            with torch.no_grad():
+                if "latents" in batch:
+                    latents = batch["latents"].to(device, torch.float32)
+                else:
+                    pixels = batch["image"].to(device, vae_dtype)
+                    latents = vae.encode(pixels).latent_dist.mean.float() * scaling_factor
+                if "prompt_embeds" in batch:
+                    prompt_embeds, pooled = batch["prompt_embeds"].to(device), batch["pooled_prompt_embeds"].to(device)
+                else:
+                    prompt_embeds, pooled = encode_prompts(tokenizers, text_encoders, batch["caption"])
+                time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1)
+                size = latents.shape[0]
+                noise = torch.randn(latents.shape, generator=generator)
+                if config.noise_offset:
+                    noise += config.noise_offset * torch.randn((size, latents.shape[1], 1, 1), generator=generator)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+                noise, timesteps = noise.to(device), timesteps.to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            sync = micro == accumulation - 1
+            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+                prediction = model(noisy.to(weight_dtype), timesteps, batch["conditioning_image"].to(device),
+                                   prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(device, weight_dtype))
+                loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+                if config.min_snr_gamma is not None:
+                    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+                    loss = loss * torch.clamp(snr, max=config.min_snr_gamma) / snr
+                loss = loss.mean() / accumulation
+                accelerator.backward(loss)
+            step_loss += loss.detach()
+        step_loss = accelerator.reduce(step_loss, "mean").item()
+        if not math.isfinite(step_loss):
+            kept = find_checkpoints(output_dir)
+            where = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written (set save_every_n_steps)"
+            raise TrainError(f"the loss became {step_loss} at step {step + 1}: training stopped and nothing more was written; "
+                             f"{where}. Lower learning_rate, or use bf16 instead of fp16")
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append((step, step_loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if tensorboard:
+            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < max_steps:
+            checkpoint(step)
+        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
+            validate(step)
+    bar.close()
+    train_seconds = time.monotonic() - started
+
+    weights = write_outputs(step, final_file=True)
+    if config.sample_every_n_steps and step % config.sample_every_n_steps:
+        validate(step)
+    accelerator.wait_for_everyone()
+    if tensorboard:
+        accelerator.end_training()
+    network.eval()
+    return TrainResult(network, weights, step, losses, train_seconds, stopped_by)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _field_type(name: str) -> type:
+    """The scalar type of a config field: ``int | None`` -> int."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+
+
+def config_from_toml(path: str | Path) -> dict:
+    """Settings from a kohya-style TOML: flat keys, or keys grouped in tables (their names are ignored)."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainError(f"{path}: training config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise TrainError(f"{path}: not valid TOML: {error}") from None
+    flat = {}
+    for key, value in document.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    known = {f.name: f for f in fields(TrainConfig)}
+    settings = {}
+    for key, value in flat.items():
+        if key not in known:
+            raise TrainError(f"{path}: unknown key {key!r}; known keys: {', '.join(known)}")
+        expected = _field_type(key)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise TrainError(f"{path}: {key} should be {expected.__name__}, got {value!r}")
+        settings[key] = value
+    if "dataset_config" in settings and not Path(settings["dataset_config"]).is_absolute():
+        settings["dataset_config"] = str(path.parent / settings["dataset_config"])
+    return settings
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m lllite.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="training TOML with any of the options below (flags override it)")
+    for f in fields(TrainConfig):
+        kind = _field_type(f.name)
+        flag = f"--{f.name}"
+        if f.name == "resume":
+            parser.add_argument(flag, nargs="?", const="latest", default=argparse.SUPPRESS,
+                                help="continue from the latest checkpoint, or from the given checkpoint folder")
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper())
+    args = vars(parser.parse_args(argv))
+    toml = args.pop("config", None)
+    settings = config_from_toml(toml) if toml else {}
+    settings.update(args)
+    return TrainConfig(**settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+        result = train(config)
+    except (TrainError, DatasetConfigError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.weights is not None:
+        print(f"wrote {result.weights} after {result.steps} steps ({result.train_seconds:.0f} s of training)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

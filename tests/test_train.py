@@ -1,0 +1,246 @@
+"""The trainer on the tiny "test" SDXL: outputs, exact resume, DDP, NaN, memory options and clear errors."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+import lllite
+from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
+from lllite.toy import build_pipeline
+from lllite.toy.shapes import write_dataset
+from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
+    make every call many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("shapes"), 8, size=64)
+
+
+def dataset(shapes: Path, batch_size: int = 2, resolution: int = 64, **changes) -> DatasetConfig:
+    return DatasetConfig([SubsetConfig(shapes / "images", shapes / "conditioning")], resolution=resolution,
+                         batch_size=batch_size, **changes)
+
+
+def config(shapes: Path, out: Path, **changes) -> TrainConfig:
+    """Small and fast: float32, plain AdamW, caches on, no pictures."""
+    settings = dict(dataset_config=dataset(shapes), output_dir=str(out), cond_emb_dim=8, network_dim=8,
+                    learning_rate=1e-3, max_train_steps=4, mixed_precision="no", gradient_checkpointing=False,
+                    optimizer_type="adamw", progress=False)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def weights_of(network) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def test_training_writes_a_kohya_file_with_metadata_a_loss_plot_and_validation_grids(shapes, tmp_path):
+    pipe = build_pipeline("test")
+    result = train(config(shapes, tmp_path, sample_every_n_steps=2, sample_num_inference_steps=2,
+                          num_validation_images=2), pipe)
+    assert result.steps == 4 and len(result.losses) == 4 and result.stopped_by == "max_train_steps"
+    assert result.weights == tmp_path / "lllite.safetensors"
+    loaded = lllite.load(result.weights)
+    assert (loaded.cond_emb_dim, loaded.mlp_dim, len(loaded)) == (8, 8, 12)
+    assert loaded.metadata["ss_steps"] == "4"
+    assert loaded.metadata["ss_network_dim"] == "8"
+    assert loaded.metadata["ss_num_train_images"] == "8"
+    assert loaded.metadata["modelspec.architecture"].endswith("control-net-lllite")
+    # Zero-initialised up projections have moved: the network learned something.
+    assert any(v.abs().max() > 0 for k, v in load_file(result.weights).items() if k.endswith("up.0.weight"))
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["lllite-step00000002.png", "lllite-step00000004.png"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    # The UNet itself did not train.
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(shapes, tmp_path):
+    whole = train(config(shapes, tmp_path / "whole", max_train_steps=6), build_pipeline("test"))
+
+    pipe = build_pipeline("test")
+    calls = {"n": 0}
+
+    def die_in_step_five(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+
+    handle = pipe.unet.register_forward_pre_hook(die_in_step_five, with_kwargs=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(shapes, tmp_path / "cut", max_train_steps=6, save_every_n_steps=2), pipe)
+    handle.remove()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+    resumed = train(config(shapes, tmp_path / "cut", max_train_steps=6, save_every_n_steps=2, resume="latest"),
+                    build_pipeline("test"))
+    assert resumed.steps == 6
+    assert [s for s, _ in resumed.losses] == [1, 2, 3, 4, 5, 6]
+    for key, value in weights_of(whole.network).items():
+        torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_keep_only_the_newest_and_hold_optimizer_state(shapes, tmp_path):
+    train(config(shapes, tmp_path, max_train_steps=4, save_every_n_steps=1, checkpoints_total_limit=2), build_pipeline("test"))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000003"]
+    state = torch.load(tmp_path / "checkpoints" / "step-00000003" / "training_state.pt", weights_only=False)
+    assert state["step"] == 3 and state["optimizer"]["state"]
+    assert (tmp_path / "lllite-step00000003.safetensors").is_file()
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(shapes, tmp_path):
+    with pytest.raises(TrainError, match=r"loss became nan.*last checkpoint is .*step-0000000\d"):
+        train(config(shapes, tmp_path, learning_rate=1e30, max_train_steps=20, save_every_n_steps=1), build_pipeline("test"))
+    assert not (tmp_path / "lllite.safetensors").exists()
+    last = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    assert all(torch.isfinite(v).all() for v in load_file(last / "network.safetensors").values())
+
+
+def test_bf16_mixed_precision_keeps_the_network_in_float32_and_learns(shapes, tmp_path):
+    pipe = build_pipeline("test")
+    result = train(config(shapes, tmp_path, mixed_precision="bf16", max_train_steps=2), pipe)
+    assert pipe.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in result.network.parameters())
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in result.losses)
+    assert any(p.abs().max() > 0 for n, p in result.network.named_parameters() if n.endswith("up.0.weight"))
+
+
+def test_gradient_checkpointing_and_uncached_inputs_train_the_same_weights(shapes, tmp_path):
+    plain = weights_of(train(config(shapes, tmp_path / "a", max_train_steps=2), build_pipeline("test")).network)
+    checkpointed = train(config(shapes, tmp_path / "b", max_train_steps=2, gradient_checkpointing=True), build_pipeline("test"))
+    for key, value in plain.items():
+        torch.testing.assert_close(checkpointed.network.state_dict()[key], value, rtol=1e-5, atol=1e-7)
+    # Encoding per batch instead of once sums in another order; Adam turns that into small step differences.
+    uncached = train(config(shapes, tmp_path / "c", max_train_steps=2, cache_latents=False,
+                            cache_text_encoder_outputs=False), build_pipeline("test"))
+    for key, value in plain.items():
+        torch.testing.assert_close(uncached.network.state_dict()[key], value, rtol=0, atol=1e-4)
+
+
+def test_adamw8bit_without_bitsandbytes_says_so_and_trains_with_adamw(shapes, tmp_path, capsys):
+    result = train(config(shapes, tmp_path, optimizer_type="adamw8bit", max_train_steps=1), build_pipeline("test"))
+    assert "plain AdamW" in capsys.readouterr().out
+    assert result.steps == 1
+
+
+def test_the_same_seed_draws_the_same_noise_and_another_step_draws_other_noise():
+    first = torch.randn(4, generator=step_generator(42, 7, 0, 0))
+    assert torch.equal(first, torch.randn(4, generator=step_generator(42, 7, 0, 0)))
+    assert not torch.equal(first, torch.randn(4, generator=step_generator(42, 8, 0, 0)))
+    assert not torch.equal(first, torch.randn(4, generator=step_generator(42, 7, 0, 1)))
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_an_empty_dataset_is_refused_naming_the_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "conditioning").mkdir()
+    with pytest.raises(DatasetConfigError, match="no usable image/conditioning pair in .*images"):
+        train(config(tmp_path, tmp_path / "out"), build_pipeline("test"))
+
+
+def test_a_model_that_is_not_sdxl_shaped_is_refused():
+    pipe = build_pipeline("test")
+    pipe.unet.register_to_config(addition_embed_type=None)
+    with pytest.raises(TrainError, match="not SDXL-shaped.*addition_embed_type is None"):
+        check_sdxl(pipe, "'sd15'")
+    pipe = build_pipeline("test")
+    pipe.text_encoder_2 = None
+    with pytest.raises(TrainError, match="not an SDXL pipeline: it has no text_encoder_2"):
+        check_sdxl(pipe)
+
+
+def test_a_resolution_the_model_cannot_take_is_refused_before_training(shapes, tmp_path):
+    odd = dataset(shapes, resolution=72, bucket_reso_steps=8, enable_bucket=False)
+    with pytest.raises(TrainError, match="72x72 px.*multiples of 32"):
+        train(config(shapes, tmp_path, dataset_config=odd), build_pipeline("test"))
+
+
+def test_an_earlier_run_is_never_overwritten_without_asking(shapes, tmp_path):
+    train(config(shapes, tmp_path, max_train_steps=1), build_pipeline("test"))
+    with pytest.raises(TrainError, match="already holds a run.*--resume.*--overwrite"):
+        train(config(shapes, tmp_path, max_train_steps=1), build_pipeline("test"))
+    with pytest.raises(TrainError, match="no checkpoint"):
+        train(config(shapes, tmp_path, max_train_steps=1, resume="latest"), build_pipeline("test"))
+
+
+def test_bad_settings_name_the_option():
+    with pytest.raises(TrainError, match="optimizer_type = 'sgd' is not one of"):
+        TrainConfig(optimizer_type="sgd")
+    with pytest.raises(TrainError, match="cond_emb_dim must be even"):
+        TrainConfig(cond_emb_dim=7)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_the_command_line_trains_from_a_toml_and_a_local_diffusers_folder(shapes, tmp_path, capsys, monkeypatch):
+    build_pipeline("test").save_pretrained(tmp_path / "model")
+    (tmp_path / "data.toml").write_text(
+        f'[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\n'
+        f'image_dir = "{shapes / "images"}"\nconditioning_data_dir = "{shapes / "conditioning"}"\n')
+    (tmp_path / "train.toml").write_text(
+        '[model]\npretrained_model_name_or_path = "model"\n'
+        '[training]\ndataset_config = "data.toml"\ncond_emb_dim = 8\nnetwork_dim = 8\nmax_train_steps = 2\n'
+        'mixed_precision = "no"\noptimizer_type = "adamw"\nlearning_rate = 1e-3\n')
+    monkeypatch.chdir(tmp_path)
+    code = main(["--config", "train.toml", "--output_dir", "out", "--no-gradient_checkpointing", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert lllite.load(tmp_path / "out" / "lllite.safetensors").metadata["ss_steps"] == "2"
+
+
+def test_the_command_line_reports_a_user_mistake_in_one_line(tmp_path, capsys):
+    (tmp_path / "train.toml").write_text("learnign_rate = 1e-4\n")
+    assert main(["--config", str(tmp_path / "train.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown key 'learnign_rate'" in err and len(err.strip().splitlines()) == 1
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert "training config file not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ DDP
+
+
+def _ddp_worker(rank: int, world: int, port: int, shapes: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    # A forked child inherits the parent's single-process accelerate state; a launched process has none.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    result = train(config(Path(shapes), Path(out), max_train_steps=3), build_pipeline("test"))
+    torch.save({"weights": weights_of(result.network), "losses": result.losses, "file": result.weights},
+               Path(out).parent / f"rank{rank}.pt")
+
+
+def test_two_cpu_processes_train_as_one_ddp_job_with_identical_weights_and_one_writer(shapes, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # fork: the children inherit the imported libraries instead of importing them again (seconds each)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(shapes), str(tmp_path / "out")), nprocs=2,
+                                          start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(ranks[1]["weights"][key], value), key
+    assert any(v.abs().max() > 0 for k, v in ranks[0]["weights"].items() if k.endswith("up.0.weight"))
+    # The logged loss is the mean over both processes, so both report the same numbers.
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert ranks[0]["file"] == tmp_path / "out" / "lllite.safetensors" and ranks[1]["file"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lllite.safetensors", "loss.png"]
