@@ -10,6 +10,7 @@ and return a picture, so a test can call them without a browser.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -128,18 +129,31 @@ def load_pipeline(env: Environment):
 
 
 def show(*items: Any) -> None:
-    """Display PIL images, matplotlib figures or text as ordinary outputs (they stay in a saved notebook).
-
-    Figures are closed after display so that the inline backend does not show them a second time.
-    """
+    """Display PIL images, matplotlib figures or text as ordinary outputs (they stay in a saved notebook)."""
     from IPython.display import display
 
     for item in items:
-        display(item)
-        if type(item).__module__.startswith("matplotlib"):
-            import matplotlib.pyplot as plt
+        display(as_picture(item))
 
-            plt.close(item)
+
+def as_picture(item: Any) -> Any:
+    """A matplotlib figure as a PIL image (and the figure closed); anything else unchanged.
+
+    A picture can be replaced in place by a live view; a figure left open would also be shown a
+    second time by the inline backend at the end of the cell.
+    """
+    if not type(item).__module__.startswith("matplotlib"):
+        return item
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    item.savefig(buffer, format="png")
+    plt.close(item)
+    buffer.seek(0)
+    with Image.open(buffer) as opened:
+        return opened.convert("RGB")
 
 
 def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]):
@@ -191,7 +205,7 @@ class LiveView:
         from IPython.display import Markdown
 
         try:
-            self.current, self.error = self.render(**self.values()), None
+            self.current, self.error = as_picture(self.render(**self.values())), None
         except ValueError as error:
             self.error = str(error)
             self.current = Markdown(f"**Cannot render these settings:** {error}")
@@ -310,8 +324,12 @@ def module_shapes(depth: int, in_dim: int, image_size: int = 1024, cond_emb_dim:
     return rows
 
 
+@functools.lru_cache(maxsize=32)
 def parameter_counts(cond_emb_dim: int = 32, mlp_dim: int = 64) -> dict[str, int]:
-    """Parameters of SDXL's UNet, of a full SDXL ControlNet and of kohya's default LLLite, from configs alone."""
+    """Parameters of SDXL's UNet, of a full SDXL ControlNet and of kohya's default LLLite, from configs alone.
+
+    Cached: the answer depends on the two dimensions only, and a slider asks again for the same ones.
+    """
     from diffusers import ControlNetModel
 
     unet = sdxl_unet("meta")
@@ -421,6 +439,82 @@ def embedding_channels(module: LLLiteModule, control, cell: int = 96, columns: i
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     height, width = emb.shape[1:]
     return image_grid(rows, title=f"{len(tiles)} channels of {height}x{width} (depth {module.depth}), each scaled to its range")
+
+
+#: The three ways a fresh network can start, compared in notebook 02.
+INITS = {
+    "zero up (weight and bias)": "an exact identity: the base model's image, bit for bit",
+    "kohya: zero up weight only": "up's bias keeps PyTorch's init: a small constant shift",
+    "no zero init": "random up: the base model is disturbed before any training",
+}
+
+
+def fresh_network(unet, init: str, seed: int = 0, cond_emb_dim: int = 32, mlp_dim: int = 64):
+    """A new network started one of the :data:`INITS` ways (seeded)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    torch.manual_seed(seed)
+    network = create_network(unet, cond_emb_dim=cond_emb_dim, mlp_dim=mlp_dim, zero_init=init == "zero up (weight and bias)")
+    if init == "kohya: zero up weight only":
+        for _, module in network.lllite_modules():
+            torch.nn.init.zeros_(module.up[0].weight)
+    return network
+
+
+@torch.no_grad()
+def init_comparison(pipe, control, prompt: str, seed: int = 0, num_inference_steps: int = 20,
+                    guidance_scale: float = 5.0) -> tuple[Image.Image, dict[str, float]]:
+    """The base model's image beside the images of fresh networks started each of the :data:`INITS` ways.
+
+    Returns:
+        The labelled grid, and each init's mean absolute pixel difference (0..255) from the base image.
+    """
+    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed)
+    probe = fresh_network(pipe.unet, "zero up (weight and bias)")
+    base = generate(pipe, probe, control, prompt, strength=0.0, **settings)[0]
+    images, differences = [base], {}
+    for init in INITS:
+        image = generate(pipe, fresh_network(pipe.unet, init, seed), control, prompt, strength=1.0, **settings)[0]
+        differences[init] = float(np.abs(np.asarray(image, np.float32) - np.asarray(base, np.float32)).mean())
+        images.append(image)
+    labels = ["base model"] + [f"{init}: {differences[init]:.2f}" for init in INITS]
+    return image_grid([images], labels, title=f"{prompt} | seed {seed} | mean pixel change from the base model"), differences
+
+
+def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, float]:
+    """Gradient norm of each part of the network (conditioning1, down, mid, up) after one backward pass.
+
+    With ``up`` at zero only ``up`` itself receives a gradient at the first step: the other parts start
+    learning once ``up`` is no longer zero, so training begins exactly at the base model.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    config = unet.config
+    latent = min(config.sample_size, 32)  # a 256 px probe: the pattern does not depend on the size
+    time_ids = torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]], dtype=torch.float32)
+    text = torch.randn(1, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim, generator=generator)
+    inputs = dict(sample=torch.randn(1, config.in_channels, latent, latent, generator=generator),
+                  encoder_hidden_states=torch.randn(1, 4, config.cross_attention_dim, generator=generator),
+                  text_embeds=text, time_ids=time_ids)
+    inputs = {name: value.to(unet.device, unet.dtype) for name, value in inputs.items()}
+    network.apply_to(unet)
+    try:
+        network.train()
+        network.zero_grad()
+        network.set_cond_image(control)
+        network.set_multiplier(1.0)
+        output = unet(inputs["sample"], torch.tensor(500), encoder_hidden_states=inputs["encoder_hidden_states"],
+                      added_cond_kwargs={"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}).sample
+        output.float().square().mean().backward()
+        norms: dict[str, float] = {}
+        for name, parameter in network.named_parameters():
+            part = name.split(".")[1]
+            grad = 0.0 if parameter.grad is None else float(parameter.grad.square().sum())
+            norms[part] = norms.get(part, 0.0) + grad
+    finally:
+        network.remove()
+        network.eval()
+        network.set_cond_image(None)
+    return {part: value ** 0.5 for part, value in norms.items()}
 
 
 # ------------------------------------------------------------------------------------------ 03: training
