@@ -624,25 +624,6 @@ class TrainingMonitor:
         self.poll()
 
 
-def plot_losses(losses: Sequence[tuple[int, float]]):
-    """Loss per step with a moving average, as a matplotlib figure (``TrainResult.losses``)."""
-    import matplotlib.pyplot as plt
-
-    if not losses:
-        raise ValueError("no losses to plot: the run did no step")
-    steps, values = np.array(losses, dtype=float).T
-    window = max(1, len(values) // 20)
-    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
-    axes.plot(steps, values, color="0.75", linewidth=0.8, label="loss")
-    axes.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window}")
-    axes.set_xlabel("step")
-    axes.set_ylabel("noise MSE")
-    axes.legend()
-    figure.tight_layout()
-    return figure
-
-
 # ------------------------------------------------------------------------------------------ 04: sampling
 
 
