@@ -627,13 +627,14 @@ class TrainingMonitor:
 # ------------------------------------------------------------------------------------------ 04: sampling
 
 
-def find_weights(env: Environment, path: str | os.PathLike | None, trained: str | os.PathLike) -> Path | None:
+def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequence[str | os.PathLike] = ()) -> Path | None:
     """The LLLite file the sampling notebook loads.
 
     Args:
         env: on real SDXL with no ``path``, kohya's published canny file is downloaded from the hub.
         path: a file the user chose; it must exist.
-        trained: where the training notebook writes its file; used for the toy when it exists.
+        trained: files a training run may have written, in order of preference; the first that
+            exists is used for the toy.
 
     Returns:
         The file, or None when the toy has no trained file yet (train one first).
@@ -647,8 +648,17 @@ def find_weights(env: Environment, path: str | os.PathLike | None, trained: str 
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(PUBLISHED_REPO, PUBLISHED_FILE))
-    trained = Path(trained)
-    return trained if trained.is_file() else None
+    return next((Path(p) for p in trained if Path(p).is_file()), None)
+
+
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there yet, else the first free ``stem-N.suffix`` beside it: earlier pictures are kept."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        number += 1
+    return candidate
 
 
 @dataclass
