@@ -548,7 +548,7 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
                       sample_num_inference_steps=20, save_precision="float")
     if env.quick:
         recipe.update(train_batch_size=4, max_train_steps=4, lr_warmup_steps=0, save_every_n_steps=2,
-                      sample_every_n_steps=2, num_validation_images=2, sample_num_inference_steps=2)
+                      sample_every_n_steps=4, num_validation_images=2, sample_num_inference_steps=2)
     return TrainConfig(**{**common, **recipe, **changes})
 
 

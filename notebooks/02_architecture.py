@@ -1,7 +1,6 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -186,7 +185,7 @@ markdown_table([(f"`{t.name}`", f"`{t.path}`") for t in (targets[0], targets[8],
 from lllite.notebook import init_comparison, load_pipeline
 
 pipe = load_pipeline(env)
-steps = 4 if env.quick else 20
+steps = 2 if env.quick else 20
 sample = render_sample(7, size=env.image_size)
 grid, changes = init_comparison(pipe, canny(sample.image), sample.caption, num_inference_steps=steps)
 show(grid)

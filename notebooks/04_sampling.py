@@ -1,7 +1,6 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -88,7 +87,7 @@ sample = eval_samples(1, seed=1, size=env.image_size)[0]
 source = np.asarray(Image.open(IMAGE).convert("RGB").resize((env.image_size, env.image_size))) if IMAGE else sample.image
 control = canny(source)
 prompt = PROMPT or sample.caption
-steps = 4 if env.quick else (30 if env.model == "sdxl" else 20)
+steps = 2 if env.quick else (30 if env.model == "sdxl" else 20)
 show(image_grid([[Image.fromarray(source), Image.fromarray(control)]], ["source", "control: canny 100/200"], title=prompt))
 
 # %% [markdown]
