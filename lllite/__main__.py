@@ -32,9 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
     from .train import TrainError
 
-    settings = {"out": args.out, "overwrite": args.overwrite, "threads": args.threads}
-    if args.max_train_seconds is not None:
-        settings["max_train_seconds"] = args.max_train_seconds
+    settings = {"out": args.out, "overwrite": args.overwrite}
+    for name in ("max_train_seconds", "threads"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     try:
         result = run_demo(config)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="lllite-demo", help="output folder (default: lllite-demo)")
     demo.add_argument("--quick", action="store_true", help="a few steps and samples: a smoke test, not a result")
     demo.add_argument("--max-train-seconds", type=float, help="training time budget (default 300)")
-    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default 1: the toy is too small to gain from more)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in --out")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)

@@ -48,11 +48,13 @@ class DemoConfig:
         strengths: the multipliers compared.
         max_train_seconds: training time budget.
         max_train_steps: upper bound on steps when the budget allows more.
-        train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path: the LLLite training recipe.
+        train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path, timestep_sampling: the
+            LLLite training recipe (see :class:`lllite.train.TrainConfig`).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
         seed: seeds the dataset, the training and the evaluation.
-        threads: CPU threads for torch (None keeps torch's default).
+        threads: CPU threads for torch while the demo runs; the toy's kernels are too small to gain
+            from more, and on a busy machine extra threads make every step several times slower.
         overwrite: replace the outputs of an earlier demo in ``out``.
     """
 
@@ -68,11 +70,12 @@ class DemoConfig:
     cond_emb_dim: int = 32
     network_dim: int = 64
     up_path: bool = True
+    timestep_sampling: str = "uniform"
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     grid_rows: int = 6
     seed: int = 0
-    threads: int | None = None
+    threads: int = 1
     overwrite: bool = False
 
     @classmethod
@@ -126,7 +129,7 @@ def plot_iou(strengths, means, stds, path: Path) -> None:
     axes.set_xlabel("LLLite strength (multiplier)")
     axes.set_ylabel("shape IoU")
     axes.set_ylim(0, 1)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary)
@@ -141,11 +144,18 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
         config: the demo's settings.
         pipe: the SDXL pipeline to train on; by default the pretrained toy (:func:`lllite.toy.load_pipeline`).
     """
+    started = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, pipe, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     from .toy import load_pipeline
 
-    started = time.monotonic()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     out = Path(config.out)
     _prepare(out, config.overwrite)
     if pipe is None:
@@ -161,6 +171,7 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
         pretrained_model_name_or_path="toy", dataset_config=dataset, output_dir=str(out / "train"),
         output_name="lllite_toy_canny", cond_emb_dim=config.cond_emb_dim, network_dim=config.network_dim,
         up_path=config.up_path, learning_rate=config.learning_rate, lr_scheduler="cosine",
+        timestep_sampling=config.timestep_sampling,
         lr_warmup_steps=min(50, config.max_train_steps // 10), max_train_steps=config.max_train_steps,
         max_train_seconds=config.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
         cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw", seed=config.seed,

@@ -45,6 +45,7 @@ from .network import LLLiteNetwork, create_network
 OPTIMIZERS = ("adamw", "adamw8bit")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 #: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
 TOY_MODEL = "toy"
@@ -86,6 +87,8 @@ class TrainConfig:
         max_grad_norm: clip the gradient norm to this (0 switches clipping off).
         noise_offset: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
         min_snr_gamma: min-SNR loss weighting with this gamma (5 is usual); None = off.
+        timestep_sampling: ``"uniform"`` (SDXL's objective) or ``"cubic"``: ``t = (1 - u^3) * 1000`` draws
+            noisy timesteps more often, where the layout of the image is decided (as T2I-Adapter does).
         seed: seeds the network's init and every random draw of the run.
         save_every_n_steps: write a checkpoint (weights + optimizer state) and a kohya file this often.
         checkpoints_total_limit: checkpoints kept; older ones are deleted.
@@ -125,6 +128,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     noise_offset: float = 0.0
     min_snr_gamma: float | None = None
+    timestep_sampling: str = "uniform"
     seed: int = 42
     save_every_n_steps: int | None = None
     checkpoints_total_limit: int = 2
@@ -141,7 +145,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
+        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "timestep_sampling": TIMESTEP_SAMPLINGS,
                    "mixed_precision": MIXED_PRECISIONS, "save_precision": tuple(SAVE_PRECISIONS)}
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -412,6 +416,21 @@ def _reset_accelerate_for(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def _usable_precision(mixed_precision: str) -> str:
+    """The requested mixed precision, or fp16 on a GPU without bf16 arithmetic (a Colab T4)."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    if mixed_precision == "bf16" and torch.cuda.is_available():
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            native = torch.cuda.is_bf16_supported()
+        if not native:
+            print("mixed_precision bf16: this GPU has no bf16 arithmetic (e.g. a T4); training in fp16 instead")
+            return "fp16"
+    return mixed_precision
+
+
 def _make_optimizer(config: TrainConfig, parameters, accelerator):
     if config.optimizer_type == "adamw8bit":
         if importlib.util.find_spec("bitsandbytes") is not None and accelerator.device.type == "cuda":
@@ -438,7 +457,8 @@ def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
     return configs, name
 
 
-def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str) -> dict[str, str]:
+def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str,
+              mixed_precision: str) -> dict[str, str]:
     resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
     return {
         "ss_network_module": "networks.control_net_lllite",
@@ -456,10 +476,11 @@ def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int
         "ss_batch_size_per_device": json.dumps(sorted({c.batch_size for c in dataset.configs})),
         "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
         "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
-        "ss_mixed_precision": config.mixed_precision,
+        "ss_mixed_precision": mixed_precision,
         "ss_seed": str(config.seed),
         "ss_noise_offset": str(config.noise_offset),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_timestep_sampling": config.timestep_sampling,
         "ss_dataset_config": dataset_name,
     }
 
@@ -496,14 +517,13 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    _reset_accelerate_for(config.mixed_precision)
+    mixed_precision = _usable_precision(config.mixed_precision)
+    _reset_accelerate_for(mixed_precision)
     output_dir = Path(config.output_dir)
     logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "logs"
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
@@ -514,9 +534,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     accelerator.wait_for_everyone()
 
     # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
-    if device.type == "cuda" and weight_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise TrainError("this GPU has no bf16 (e.g. a T4): set mixed_precision = \"fp16\"")
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
     if pipe is None:
         pipe = load_sdxl(config.pretrained_model_name_or_path)
     check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
@@ -587,7 +605,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
         if not main:
             return None
         epoch = at_step // steps_per_epoch
-        metadata = _metadata(config, dataset, at_step, epoch, dataset_name)
+        metadata = _metadata(config, dataset, at_step, epoch, dataset_name, mixed_precision)
         target = final if final_file else output_dir / f"{config.output_name}-step{at_step:08d}.safetensors"
         network.save(target, dtype=SAVE_PRECISIONS[config.save_precision], metadata=metadata, overwrite=True)
         if losses:
@@ -628,7 +646,8 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     accumulation = config.gradient_accumulation_steps
     batches = training_batches(dataset, sampler, steps_per_epoch, accumulation, world, rank, step,
                                config.max_data_loader_n_workers)
-    bar = tqdm(total=max_steps, initial=step, desc="training LLLite", unit="step", disable=not (config.progress and main))
+    budget = f" (at most {config.max_train_seconds:g} s)" if config.max_train_seconds else ""
+    bar = tqdm(total=max_steps, initial=step, desc=f"training LLLite{budget}", unit="step", disable=not (config.progress and main))
     started = time.monotonic()
     stopped_by = "max_train_steps"
     while step < max_steps:
@@ -655,7 +674,11 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
                 noise = torch.randn(latents.shape, generator=generator)
                 if config.noise_offset:
                     noise += config.noise_offset * torch.randn((size, latents.shape[1], 1, 1), generator=generator)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+                count = noise_scheduler.config.num_train_timesteps
+                if config.timestep_sampling == "cubic":
+                    timesteps = ((1 - torch.rand(size, generator=generator) ** 3) * count).long().clamp(0, count - 1)
+                else:
+                    timesteps = torch.randint(0, count, (size,), generator=generator)
                 noise, timesteps = noise.to(device), timesteps.to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             sync = micro == accumulation - 1
@@ -741,19 +764,39 @@ def config_from_toml(path: str | Path) -> dict:
     return settings
 
 
+def _option_help() -> dict[str, str]:
+    """Each option's help, read from the ``Args:`` of :class:`TrainConfig` (one place to document it)."""
+    helps: dict[str, str] = {}
+    names: list[str] = []
+    for line in TrainConfig.__doc__.split("Args:")[1].splitlines():
+        text = line.strip()
+        head, _, rest = text.partition(": ")
+        if line.startswith(" " * 8) and not line.startswith(" " * 12) and rest:
+            names = [n.strip() for n in head.split(",")]
+            for name in names:
+                helps[name] = rest
+        elif text:
+            for name in names:
+                helps[name] += " " + text
+    return helps
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m lllite.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="training TOML with any of the options below (flags override it)")
+    helps = _option_help()
+    defaults = TrainConfig()
     for f in fields(TrainConfig):
         kind = _field_type(f.name)
         flag = f"--{f.name}"
+        help_text = f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)})".replace("%", "%%")
         if f.name == "resume":
             parser.add_argument(flag, nargs="?", const="latest", default=argparse.SUPPRESS,
                                 help="continue from the latest checkpoint, or from the given checkpoint folder")
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper())
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
     args = vars(parser.parse_args(argv))
     toml = args.pop("config", None)
     settings = config_from_toml(toml) if toml else {}

@@ -133,6 +133,35 @@ def test_gradient_checkpointing_and_uncached_inputs_train_the_same_weights(shape
         torch.testing.assert_close(uncached.network.state_dict()[key], value, rtol=0, atol=1e-4)
 
 
+def test_min_snr_weighting_never_raises_the_loss_and_noise_offset_changes_it(shapes, tmp_path):
+    plain = train(config(shapes, tmp_path / "a", max_train_steps=2), build_pipeline("test")).losses
+    weighted = train(config(shapes, tmp_path / "b", max_train_steps=2, min_snr_gamma=0.05), build_pipeline("test")).losses
+    offset = train(config(shapes, tmp_path / "c", max_train_steps=2, noise_offset=0.1), build_pipeline("test")).losses
+    # Same first step, same draws; each weight min(snr, gamma) / snr is <= 1, and < 1 wherever snr > gamma.
+    assert weighted[0][1] < plain[0][1]
+    assert offset[0][1] != plain[0][1]
+
+
+def test_cubic_timestep_sampling_draws_noisier_timesteps(shapes, tmp_path):
+    pipe = build_pipeline("test")
+    means = {}
+    for sampling in ("uniform", "cubic"):
+        seen = []
+        handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+        train(config(shapes, tmp_path / sampling, max_train_steps=8, train_batch_size=8, timestep_sampling=sampling), pipe)
+        handle.remove()
+        timesteps = torch.cat(seen).float()
+        assert 0 <= timesteps.min() and timesteps.max() <= 999
+        means[sampling] = timesteps.mean()
+    assert 350 < means["uniform"] < 650
+    assert means["cubic"] > 650  # E[1 - u^3] = 0.75
+
+
+def test_gradient_accumulation_counts_optimizer_steps(shapes, tmp_path):
+    result = train(config(shapes, tmp_path, max_train_steps=3, gradient_accumulation_steps=2), build_pipeline("test"))
+    assert result.steps == 3 and [s for s, _ in result.losses] == [1, 2, 3]
+
+
 def test_adamw8bit_without_bitsandbytes_says_so_and_trains_with_adamw(shapes, tmp_path, capsys):
     result = train(config(shapes, tmp_path, optimizer_type="adamw8bit", max_train_steps=1), build_pipeline("test"))
     assert "plain AdamW" in capsys.readouterr().out
@@ -181,11 +210,14 @@ def test_an_earlier_run_is_never_overwritten_without_asking(shapes, tmp_path):
         train(config(shapes, tmp_path, max_train_steps=1, resume="latest"), build_pipeline("test"))
 
 
-def test_bad_settings_name_the_option():
+def test_bad_settings_name_the_option(shapes, tmp_path):
     with pytest.raises(TrainError, match="optimizer_type = 'sgd' is not one of"):
         TrainConfig(optimizer_type="sgd")
     with pytest.raises(TrainError, match="cond_emb_dim must be even"):
         TrainConfig(cond_emb_dim=7)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="fp16 needs a CUDA GPU; use bf16 or no"):
+            train(config(shapes, tmp_path, mixed_precision="fp16"), build_pipeline("test"))
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -30,7 +30,7 @@ class ToyConfig:
     unet_channels: tuple[int, int, int] = (32, 64, 64)
     unet_heads: tuple[int, int, int] = (1, 2, 2)
     unet_layers_per_block: int = 1
-    unet_norm_groups: int = 16
+    unet_norm_groups: int = 8
     addition_time_embed_dim: int = 8
     text_hidden: int = 32
     text_2_hidden: int = 32
@@ -39,7 +39,7 @@ class ToyConfig:
     text_heads: int = 2
     max_tokens: int = 16
     vae_channels: tuple[int, int, int, int] = (8, 16, 32, 32)
-    vae_norm_groups: int = 8
+    vae_norm_groups: int = 2
     vae_layers_per_block: int = 1
     sample_size: int = 128
 

@@ -35,14 +35,15 @@ class PretrainConfig:
     """Settings of the toy pretraining; the defaults produce the shipped weights."""
 
     seed: int = 0
-    train_samples: int = 10000
+    train_samples: int = 6000
     image_size: int = 128
-    vae_steps: int = 1200
-    vae_batch: int = 16
-    vae_crop: int = 64
-    vae_lr: float = 5e-4
+    vae_steps: int = 1500
+    vae_batch: int = 4
+    vae_crop: int = 128
+    vae_lr: float = 2e-3
     kl_weight: float = 1e-7
-    unet_steps: int = 5000
+    initial_logvar: float = -6.0
+    unet_steps: int = 4500
     unet_batch: int = 16
     unet_lr: float = 1e-3
     warmup_steps: int = 200
@@ -78,8 +79,16 @@ def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, list[str]]:
 
 
 def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, cfg: PretrainConfig) -> None:
-    """Reconstruction (L1) plus a small KL term, on random crops: the VAE is convolutional, and crops are cheaper."""
+    """Reconstruction (L1) plus a small KL term.
+
+    ``cfg.vae_crop`` below the image size trains on random crops; whole images work better here, because
+    the decoder otherwise learns that the image border is never far, and misplaces it at full size.
+    """
     vae = pipe.vae
+    # Start with a small posterior std: at the default (std 1) the sampled latents are mostly noise and
+    # the decoder learns little until the encoder has slowly shrunk it.
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels :] = cfg.initial_logvar
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

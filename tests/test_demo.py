@@ -1,0 +1,64 @@
+"""The demo job, in its quick setting on the tiny "test" SDXL: every output is there and says what it should."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import lllite
+import lllite.toy
+from lllite.__main__ import main
+from lllite.demo import DemoConfig, run_demo
+from lllite.names import find_targets
+from lllite.toy import build_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
+    make every call many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quick(out, **changes) -> DemoConfig:
+    return DemoConfig.quick(out=str(out), size=64, cond_emb_dim=8, network_dim=8, **changes)
+
+
+def test_the_quick_demo_writes_metrics_weights_grid_and_plot(tmp_path):
+    pipe = build_pipeline("test")
+    result = run_demo(quick(tmp_path), pipe)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["strength_iou"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
+    assert all(0.0 <= v <= 1.0 for v in metrics["strength_iou"].values())
+    assert metrics["strength_iou"] == result.strength_iou
+    assert metrics["train_steps"] == 3 and metrics["train_seconds"] > 0
+    assert metrics["total_seconds"] >= metrics["train_seconds"]
+    assert len(lllite.load(metrics["weights"])) == len(find_targets(pipe.unet, up_path=True))
+    grid = Image.open(tmp_path / "comparison.png")
+    assert grid.width > 7 * 64 and grid.height > 2 * 64  # control, target, 5 strengths; 2 rows
+    assert Image.open(tmp_path / "iou_vs_strength.png").size == (500, 350)
+    assert len(list((tmp_path / "data" / "conditioning").iterdir())) == 16
+
+
+def test_the_demo_refuses_to_replace_an_earlier_demo_unless_asked(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds an earlier demo.*--overwrite"):
+        run_demo(quick(tmp_path), build_pipeline("test"))
+    (tmp_path / "notes.txt").write_text("mine")
+    run_demo(quick(tmp_path, overwrite=True), build_pipeline("test"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 3
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lllite.toy, "load_pipeline", lambda: build_pipeline("test"))
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    assert "error: " in capsys.readouterr().err
