@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,7 +30,7 @@ from .metrics import edge_f_score, shape_iou
 from .module import LLLiteModule, token_grid
 from .names import find_targets
 from .network import create_network
-from .sampling import generate, image_grid
+from .sampling import STRENGTHS, generate, image_grid
 from .sdxl import SDXL_BASE, sdxl_unet
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -288,6 +288,8 @@ def canny_view(image, low_threshold: int = 100, high_threshold: int = 200, heigh
 
 @dataclass(frozen=True)
 class ShapeRow:
+    """One layer of a module and the shape of its output."""
+
     part: str
     layer: str
     shape: tuple[int, ...]
@@ -324,23 +326,25 @@ def module_shapes(depth: int, in_dim: int, image_size: int = 1024, cond_emb_dim:
     return rows
 
 
-@functools.lru_cache(maxsize=32)
 def parameter_counts(cond_emb_dim: int = 32, mlp_dim: int = 64) -> dict[str, int]:
-    """Parameters of SDXL's UNet, of a full SDXL ControlNet and of kohya's default LLLite, from configs alone.
+    """Parameters of SDXL's UNet, of a full SDXL ControlNet and of kohya's default LLLite, from configs alone."""
+    return dict(_parameter_counts(cond_emb_dim, mlp_dim))
 
-    Cached: the answer depends on the two dimensions only, and a slider asks again for the same ones.
-    """
+
+@functools.lru_cache(maxsize=32)
+def _parameter_counts(cond_emb_dim: int, mlp_dim: int) -> tuple[tuple[str, int], ...]:
+    # Cached: the answer depends on the two dimensions only, and a slider asks again for the same ones.
     from diffusers import ControlNetModel
 
     unet = sdxl_unet("meta")
     with torch.device("meta"):
         controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
         network = create_network(unet, cond_emb_dim=cond_emb_dim, mlp_dim=mlp_dim)
-    return {
-        "SDXL UNet": sum(p.numel() for p in unet.parameters()),
-        "ControlNet (SDXL)": sum(p.numel() for p in controlnet.parameters()),
-        f"LLLite ({len(network)} modules, E={cond_emb_dim}, M={mlp_dim})": sum(p.numel() for p in network.parameters()),
-    }
+    return (
+        ("SDXL UNet", sum(p.numel() for p in unet.parameters())),
+        ("ControlNet (SDXL)", sum(p.numel() for p in controlnet.parameters())),
+        (f"LLLite ({len(network)} modules, E={cond_emb_dim}, M={mlp_dim})", sum(p.numel() for p in network.parameters())),
+    )
 
 
 def plot_parameter_counts(counts: Mapping[str, int]):
@@ -535,7 +539,8 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
     common = dict(dataset_config=dataset, output_dir=str(output_dir), cond_emb_dim=32, network_dim=64,
                   cache_latents=True, cache_text_encoder_outputs=True, num_validation_images=4, sample_seed=0)
     if env.model == "sdxl":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # bf16 natively from Ampere (compute capability 8) on; a T4 only emulates it, slowly
+        bf16 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
         recipe = dict(pretrained_model_name_or_path=SDXL_BASE, output_name="lllite_sdxl_canny", learning_rate=2e-4,
                       train_batch_size=2, mixed_precision="bf16" if bf16 else "fp16", gradient_checkpointing=True,
                       optimizer_type="adamw8bit", max_train_steps=3000, max_train_seconds=45 * 60,
@@ -552,7 +557,6 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
     return TrainConfig(**{**common, **recipe, **changes})
 
 
-@dataclass
 class TrainingMonitor:
     """Shows a run's loss plot and newest validation grid while :func:`lllite.train.train` writes them.
 
@@ -565,17 +569,18 @@ class TrainingMonitor:
         interval: seconds between looks at the folder.
     """
 
-    output_dir: str | os.PathLike
-    interval: float = 2.0
-    shown: dict[str, Path | None] = field(default_factory=lambda: {"loss": None, "samples": None})
-    _stamps: dict[str, float] = field(default_factory=dict)
-    _handles: dict[str, Any] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def __init__(self, output_dir: str | os.PathLike, interval: float = 2.0):
+        self.output_dir = Path(output_dir)
+        self.interval = interval
+        self.shown: dict[str, Path | None] = {"loss": None, "samples": None}
+        self._stamps: dict[str, int] = {}
+        self._handles: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def latest(self) -> dict[str, Path | None]:
         """The newest loss plot and validation grid in the folder (None where there is none yet)."""
-        folder = Path(self.output_dir)
+        folder = self.output_dir
         loss = folder / "loss.png"
         samples = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
         return {"loss": loss if loss.is_file() else None, "samples": samples[-1] if samples else None}
@@ -678,7 +683,7 @@ class FidelityCurve:
 
 
 @torch.no_grad()
-def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = STRENGTHS,
                          num_inference_steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 8,
                          progress: bool = True) -> FidelityCurve:
     """Generate every held-out shape at every strength (canny control, its caption, seed = its index) and score it.
