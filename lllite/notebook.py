@@ -500,6 +500,9 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
                   encoder_hidden_states=torch.randn(1, 4, config.cross_attention_dim, generator=generator),
                   text_embeds=text, time_ids=time_ids)
     inputs = {name: value.to(unet.device, unet.dtype) for name, value in inputs.items()}
+    # Only the network's gradients are wanted; the UNet's would double its memory (5 GB for SDXL in fp16).
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    unet.requires_grad_(False)
     network.apply_to(unet)
     try:
         network.train()
@@ -518,6 +521,8 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
         network.remove()
         network.eval()
         network.set_cond_image(None)
+        for parameter in trainable:
+            parameter.requires_grad_(True)
     return {part: value ** 0.5 for part, value in norms.items()}
 
 

@@ -88,6 +88,7 @@ source = np.asarray(Image.open(IMAGE).convert("RGB").resize((env.image_size, env
 control = canny(source)
 prompt = PROMPT or sample.caption
 steps = 2 if env.quick else (30 if env.model == "sdxl" else 20)
+batch = 2 if env.model == "sdxl" else 8  # images per pipeline call; SDXL at 1024 px needs GPU memory
 show(image_grid([[Image.fromarray(source), Image.fromarray(control)]], ["source", "control: canny 100/200"], title=prompt))
 
 # %% [markdown]
@@ -130,7 +131,7 @@ from lllite.sampling import save_png, strength_grid
 
 rows = eval_samples(2 if env.quick else 3, seed=2, size=env.image_size)
 grid = strength_grid(pipe, network, [canny(s.image) for s in rows], [s.caption for s in rows],
-                     seeds=[0] if env.quick else [0, 1], num_inference_steps=steps)
+                     seeds=[0] if env.quick else [0, 1], num_inference_steps=steps, batch_size=batch)
 show(grid)
 saved = save_png(grid, unused_path("runs/04_sampling/strength_grid.png"))
 print(f"{saved}: the first cell was made with {json.loads(Image.open(saved).info['parameters'])[0][0]}")
@@ -157,7 +158,7 @@ show(step_range_grid(pipe, network, control, prompt, seeds=[0] if env.quick else
 from lllite.notebook import fidelity_by_strength, markdown_table, plot_fidelity
 
 held_out = eval_samples(2 if env.quick else (8 if env.model == "sdxl" else 32), size=env.image_size)
-curve = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps)
+curve = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
 show(plot_fidelity(curve))
 markdown_table([(s, f"{iou:.3f}", f"{f:.3f}") for s, iou, f in zip(curve.strengths, curve.means("iou"), curve.means("edge_f"))],
                ["strength", "shape IoU", "edge F-score"])

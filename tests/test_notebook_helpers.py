@@ -209,6 +209,11 @@ def test_with_up_at_zero_only_up_gets_a_gradient_in_the_first_step(pipe):
     assert min(free.values()) > 0
 
 
+def test_the_gradient_probe_computes_no_unet_gradients_and_leaves_the_unet_trainable_as_it_was(pipe):
+    first_step_gradients(pipe.unet, fresh_network(pipe.unet, "no zero init"), canny(render_sample(0, size=64).image))
+    assert all(p.requires_grad and p.grad is None for p in pipe.unet.parameters())
+
+
 def test_fresh_network_refuses_an_unknown_init(pipe):
     assert len(INITS) == 3
     with pytest.raises(ValueError, match="unknown init 'ones'"):
