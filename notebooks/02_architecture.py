@@ -146,9 +146,10 @@ show(image_grid([[Image.fromarray(shape.image).resize((256, 256)), Image.fromarr
 # ## Where the 136 modules attach
 #
 # kohya adapts `attn1.to_q`, `attn1.to_k`, `attn1.to_v` and `attn2.to_q` in every transformer block
-# of the down path and the middle (`attn2`'s `k`/`v` read the text encoders, not the image). SDXL has
-# 1 + 1 transformer blocks in each of `input_blocks.4`/`.5`, 10 in each of `input_blocks.7`/`.8` and
-# 10 in the middle: 34 blocks x 4 = 136 modules. The up path is left alone by default.
+# of the down path and the middle (`attn2`'s `k`/`v` read the text encoders, not the image). SDXL
+# stacks 2 transformer blocks in each of `input_blocks.4.1` and `.5.1`, 10 in each of `input_blocks.7.1`
+# and `.8.1`, and 10 in the middle: 34 blocks x 4 = 136 modules. The up path is left alone by default
+# (the file format can hold up-path modules too; the toy recipe of notebook 03 uses them).
 
 # %%
 from lllite.notebook import attachment_table, plot_attachment
