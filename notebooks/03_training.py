@@ -64,7 +64,6 @@ elif str(DATA_DIR).endswith(".toml"):
 else:
     dataset = DatasetConfig([SubsetConfig(Path(DATA_DIR) / "images", Path(DATA_DIR) / "conditioning")],
                             resolution=env.image_size)
-dataset
 
 # %% [markdown]
 # ## The model and the recipe
