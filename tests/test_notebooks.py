@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_dataset_pairing", "02_architecture", "03_training", "04_sampling"]
 CELL_TIMEOUT_S = 300
+SCREEN_LINES = 25
 
 
 def cells(notebook) -> list[tuple[str, str]]:
@@ -40,6 +41,13 @@ def test_the_first_cells_offer_colab_and_install_the_project_there(name):
     assert "detect_environment(MODEL)" in first_code
     every_source = "\n".join(c.source for c in source.cells)
     assert every_source.count("https://github.com/lllite/lllite") == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_code_cell_fits_on_a_screen(name):
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    lengths = {index: len(c.source.splitlines()) for index, c in enumerate(source.cells) if c.cell_type == "code"}
+    assert max(lengths.values()) <= SCREEN_LINES, f"notebooks/{name}.py: cell lengths {lengths}; move logic into lllite"
 
 
 @pytest.fixture(scope="module")
