@@ -89,7 +89,7 @@ print(summary(report))
 print(format_table(report, image_dir.parent) or "no problems")
 
 # %% [markdown]
-# Real folders are messier. Here is a copy of four pairs with typical mistakes: a conditioning image
+# Real folders are messier. Here is a small shapes folder with typical mistakes: a conditioning image
 # that is missing, one of another aspect ratio, an empty caption, and a stray file.
 
 # %%
@@ -97,18 +97,14 @@ import shutil
 
 from PIL import Image
 
-messy = Path("runs/messy")
+from lllite.toy.shapes import write_dataset
+
+messy = Path("runs/messy")  # this notebook's own scratch folder, remade on every run
 shutil.rmtree(messy, ignore_errors=True)
-(messy / "images").mkdir(parents=True)
-(messy / "conditioning").mkdir()
-for pair in report.pairs[:4]:
-    shutil.copy(pair.image, messy / "images")
-    shutil.copy(pair.image.with_suffix(".txt"), messy / "images")
-    shutil.copy(pair.conditioning, messy / "conditioning")
-first, second, third = (pair.image.stem for pair in report.pairs[:3])
-(messy / "conditioning" / f"{first}.png").unlink()
-Image.open(messy / "conditioning" / f"{second}.png").resize((64, 32)).save(messy / "conditioning" / f"{second}.png")
-(messy / "images" / f"{third}.txt").write_text("")
+write_dataset(messy, 4, size=128)
+(messy / "conditioning" / "000000.png").unlink()
+Image.open(messy / "conditioning" / "000001.png").resize((64, 32)).save(messy / "conditioning" / "000001.png")
+(messy / "images" / "000002.txt").write_text("")
 (messy / "images" / "notes.docx").write_text("not an image")
 
 messy_report = pair_subset(SubsetConfig(messy / "images", messy / "conditioning"), progress=False)
