@@ -102,9 +102,8 @@ def detect_environment(model: str = "auto", environ: Mapping[str, str] | None = 
 def load_pipeline(env: Environment):
     """The SDXL pipeline the environment asks for, on its device.
 
-    Real SDXL is downloaded from the hub in float16 on a GPU. The toy is the pretrained one shipped
-    with the package; a checkout without those weights gets the toy with random weights and a
-    warning, which runs every cell but draws noise.
+    Real SDXL is downloaded from the hub (in float16 on a GPU); the toy is the pretrained one shipped
+    with the package (:func:`lllite.toy.load_pipeline`).
     """
     if env.model == "sdxl":
         from diffusers import StableDiffusionXLPipeline
@@ -115,14 +114,9 @@ def load_pipeline(env: Environment):
             use_safetensors=True, add_watermarker=False,
         )
         return pipe.to(env.device)
-    from .toy import build_pipeline, load_pipeline as load_toy
-    from .toy.pipeline import PRETRAIN_COMMAND, WEIGHTS_DIR
+    from .toy import load_pipeline as load_toy
 
-    if (WEIGHTS_DIR / "model_index.json").is_file():
-        return load_toy(device=env.device)
-    warnings.warn(f"the pretrained toy weights are not in {WEIGHTS_DIR}; using random weights, so the images are "
-                  f"noise (create the weights with `{PRETRAIN_COMMAND}`)", stacklevel=2)
-    return build_pipeline("toy", device=env.device)
+    return load_toy(device=env.device)
 
 
 # ------------------------------------------------------------------------------------------ pictures
