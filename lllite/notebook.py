@@ -556,6 +556,18 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
     return TrainConfig(**{**common, **recipe, **changes})
 
 
+def validation_grids(output_dir: str | os.PathLike) -> list[Path]:
+    """The validation grids a run wrote (``samples/*.png``), oldest first: their names carry the zero-padded step."""
+    folder = Path(output_dir) / "samples"
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+
+def open_picture(path: str | os.PathLike) -> Image.Image:
+    """An image file read into memory (the file is closed at once)."""
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
+
+
 class TrainingMonitor:
     """Shows a run's loss plot and newest validation grid while :func:`lllite.train.train` writes them.
 
@@ -579,10 +591,9 @@ class TrainingMonitor:
 
     def latest(self) -> dict[str, Path | None]:
         """The newest loss plot and validation grid in the folder (None where there is none yet)."""
-        folder = self.output_dir
-        loss = folder / "loss.png"
-        samples = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
-        return {"loss": loss if loss.is_file() else None, "samples": samples[-1] if samples else None}
+        loss = self.output_dir / "loss.png"
+        grids = validation_grids(self.output_dir)
+        return {"loss": loss if loss.is_file() else None, "samples": grids[-1] if grids else None}
 
     def poll(self) -> list[str]:
         """Show what changed since the last look; returns the names of the outputs that were updated."""
@@ -594,8 +605,7 @@ class TrainingMonitor:
             if self.shown[name] == path and self._stamps.get(name) == stamp:
                 continue
             try:
-                with Image.open(path) as opened:
-                    picture = opened.convert("RGB")
+                picture = open_picture(path)
             except OSError:  # caught mid-write by another process; the next look gets it
                 continue
             self.shown[name], self._stamps[name] = path, stamp

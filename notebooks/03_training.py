@@ -106,6 +106,18 @@ result.network.remove()  # the trained network stays attached after train(); the
 print(f"{result.steps} steps in {result.train_seconds:.0f} s (stopped by {result.stopped_by}); wrote {result.weights}")
 
 # %% [markdown]
+# Slide through the validation grids to see the control being learned, step by step:
+
+# %%
+from ipywidgets import IntSlider
+
+from lllite.notebook import LiveView, open_picture, validation_grids
+
+grids = validation_grids(config.output_dir)
+LiveView(lambda index: open_picture(grids[index]),
+         index=IntSlider(value=len(grids) - 1, min=0, max=len(grids) - 1, description="grid", continuous_update=False))
+
+# %% [markdown]
 # ## The kohya file
 #
 # Module names, tensor names and metadata follow kohya's format, so the file loads wherever kohya's

@@ -21,7 +21,7 @@ from lllite.notebook import (
     INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, detect_environment,
     embedding_channels, fidelity_by_strength, find_weights, first_step_gradients, fresh_network, init_comparison,
     markdown_table, module_shapes, pair_view, parameter_counts, plot_fidelity, quick_mode, shapes_dataset,
-    training_config, unused_path,
+    training_config, unused_path, validation_grids,
 )
 from lllite.sdxl import sdxl_unet
 from lllite.toy import build_pipeline
@@ -248,6 +248,8 @@ def test_the_training_monitor_shows_the_newest_loss_plot_and_validation_grid_onc
     Image.new("RGB", (8, 8), "white").save(tmp_path / "loss.png")
     os.utime(tmp_path / "loss.png", ns=(time.time_ns(), time.time_ns() + 10**9))
     assert monitor.poll() == ["loss"]
+    assert validation_grids(tmp_path) == [tmp_path / "samples" / f"run-step{step:08d}.png" for step in (1, 2)]
+    assert validation_grids(tmp_path / "nothing") == []
 
 
 # ------------------------------------------------------------------------------------------ 04: sampling

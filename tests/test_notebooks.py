@@ -83,5 +83,8 @@ def test_the_notebook_runs_top_to_bottom_on_a_cpu_in_quick_mode(name, workdir):
         failure = _failed_cell(notebook)
     if failure is not None:  # outside the except block: the report shows the cell, not nbclient's chained error
         pytest.fail(f"notebooks/{name}.py failed at {failure}", pytrace=False)
-    pictures = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    outputs = [o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    pictures = [o for o in outputs if "image/png" in o]
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o]
     assert len(pictures) >= 2, f"notebooks/{name} shows {len(pictures)} picture(s) as ordinary outputs"
+    assert widgets, f"notebooks/{name} has no widget controls"
