@@ -36,6 +36,7 @@ def test_the_quick_demo_writes_metrics_weights_grid_and_plot(tmp_path):
     assert list(metrics["strength_iou"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
     assert all(0.0 <= v <= 1.0 for v in metrics["strength_iou"].values())
     assert metrics["strength_iou"] == result.strength_iou
+    assert set(metrics["strength_iou_by_colour"]["1.0"]) <= {"red", "green", "blue", "yellow"}
     assert metrics["train_steps"] == 3 and metrics["train_seconds"] > 0
     assert metrics["total_seconds"] >= metrics["train_seconds"]
     assert len(lllite.load(metrics["weights"])) == len(find_targets(pipe.unet, up_path=True))
