@@ -227,13 +227,14 @@ def shapes_dataset(env: Environment, folder: str | os.PathLike, count: int | Non
     Args:
         env: decides the image size (128 px for the toy, 1024 px for SDXL) and, in quick mode, the count.
         folder: dataset folder; when ``folder/images`` already holds files they are used as they are.
-        count: samples to write (default 16 in quick mode, else 1000 for the toy and 200 for SDXL).
+        count: samples to write (default 16 in quick mode, else the demo's 2000 for the toy and 200 for SDXL).
     """
+    from .demo import DemoConfig
     from .toy.shapes import write_dataset
 
     folder = Path(folder)
     if count is None:
-        count = 16 if env.quick else (200 if env.model == "sdxl" else 1000)
+        count = 16 if env.quick else (200 if env.model == "sdxl" else DemoConfig().train_samples)
     images = folder / "images"
     if not (images.is_dir() and any(images.iterdir())):
         write_dataset(folder, count, size=env.image_size)
@@ -524,8 +525,9 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
 
 
 def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | os.PathLike, **changes):
-    """The training recipe for the environment: the toy learns its canny control in about 5 minutes on a CPU;
-    real SDXL uses kohya's canny recipe sized for one Colab GPU. Quick mode trains a handful of steps.
+    """The training recipe for the environment: the toy uses the demo's (``python -m lllite demo``), about
+    5 minutes on a CPU; real SDXL uses kohya's canny recipe sized for one Colab GPU. Quick mode trains a
+    handful of steps.
 
     Args:
         env: the model and the quick setting.
@@ -545,10 +547,15 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
                       optimizer_type="adamw8bit", max_train_steps=3000, max_train_seconds=45 * 60,
                       save_every_n_steps=100, sample_every_n_steps=100, sample_num_inference_steps=20)
     else:
-        recipe = dict(pretrained_model_name_or_path="toy", output_name="lllite_toy_canny", learning_rate=2e-3,
-                      train_batch_size=16, up_path=True, lr_scheduler="cosine", lr_warmup_steps=50,
-                      mixed_precision="no", gradient_checkpointing=False, optimizer_type="adamw",
-                      max_train_steps=5000, max_train_seconds=300, save_every_n_steps=50, sample_every_n_steps=50,
+        from .demo import DemoConfig
+
+        demo = DemoConfig()  # the demo's recipe is the one measured to learn the toy's control
+        recipe = dict(pretrained_model_name_or_path="toy", output_name="lllite_toy_canny",
+                      learning_rate=demo.learning_rate, train_batch_size=demo.train_batch_size, up_path=demo.up_path,
+                      timestep_sampling=demo.timestep_sampling, lr_scheduler="cosine",
+                      lr_warmup_steps=min(50, demo.max_train_steps // 10), max_train_steps=demo.max_train_steps,
+                      max_train_seconds=demo.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
+                      optimizer_type="adamw", save_every_n_steps=50, sample_every_n_steps=50,
                       sample_num_inference_steps=20, save_precision="float")
     if env.quick:
         recipe.update(train_batch_size=4, max_train_steps=4, lr_warmup_steps=0, save_every_n_steps=2,

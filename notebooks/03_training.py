@@ -69,8 +69,10 @@ else:
 # ## The model and the recipe
 #
 # `training_config` returns a `TrainConfig` (options carry kohya's names) for this environment; pass
-# any field to change it, e.g. `max_train_seconds=600`. The toy recipe uses a larger learning rate
-# than kohya's SDXL one because the toy model and data are tiny; the SDXL recipe is kohya's canny
+# any field to change it, e.g. `max_train_seconds=600`. The toy recipe is the one of
+# `python -m lllite demo`: a larger learning rate than kohya's because the toy model and data are tiny,
+# up-path modules too, and timesteps drawn towards the noisy end, where the layout is decided
+# (`timestep_sampling="cubic"`). The SDXL recipe is kohya's canny
 # recipe (E 32, M 64, lr 2e-4, AdamW 8-bit, mixed precision, gradient checkpointing, cached latents
 # and text embeddings) with a batch that fits a Colab GPU. `OVERWRITE = True` starts over in a folder
 # that already holds a run.

@@ -16,6 +16,7 @@ from PIL import Image
 
 from lllite.conditioning import canny
 from lllite.data import SubsetConfig, pair_subset
+from lllite.demo import DemoConfig
 from lllite.module import LLLiteModule
 from lllite.notebook import (
     INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, detect_environment,
@@ -228,7 +229,10 @@ def test_training_config_follows_the_environment_and_takes_changes(tmp_path):
     quick = training_config(TOY_CPU, dataset, tmp_path / "run")
     assert (quick.pretrained_model_name_or_path, quick.max_train_steps, quick.mixed_precision) == ("toy", 4, "no")
     full = training_config(Environment(False, None, "cpu", "toy", False), dataset, tmp_path / "run", max_train_seconds=60)
-    assert (full.max_train_steps, full.max_train_seconds, full.sample_every_n_steps) == (5000, 60, 50)
+    demo = DemoConfig()
+    assert (full.max_train_steps, full.learning_rate, full.timestep_sampling) == (demo.max_train_steps, demo.learning_rate,
+                                                                                 demo.timestep_sampling)
+    assert (full.max_train_seconds, full.sample_every_n_steps) == (60, 50)
     sdxl = training_config(Environment(True, "T4", "cuda", "sdxl", False), dataset, tmp_path / "run")
     assert (sdxl.learning_rate, sdxl.optimizer_type, sdxl.cond_emb_dim, sdxl.network_dim) == (2e-4, "adamw8bit", 32, 64)
     assert sdxl.gradient_checkpointing and sdxl.mixed_precision in ("bf16", "fp16")
