@@ -31,7 +31,7 @@ from .module import LLLiteModule, token_grid
 from .names import find_targets
 from .network import create_network
 from .sampling import STRENGTHS, generate, image_grid
-from .sdxl import SDXL_BASE, sdxl_unet
+from .sdxl import SDXL_BASE, SDXL_UNET_CONFIG, sdxl_unet
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
 QUICK_ENV = "LLLITE_QUICK"
@@ -319,6 +319,16 @@ def module_shapes(depth: int, in_dim: int, image_size: int = 1024, cond_emb_dim:
         rows.append(ShapeRow("mid.0", repr(module.mid[0]) + " + ReLU", tuple(mid.shape)))
         rows.append(ShapeRow("up.0", repr(module.up[0]), tuple(module.up(mid).shape)))
     return rows
+
+
+#: SDXL's Linear width (its channels) at each depth, from its configuration.
+SDXL_WIDTH_AT_DEPTH = dict(zip((1, 2, 3), SDXL_UNET_CONFIG["block_out_channels"]))
+
+
+def module_shapes_table(depth: int, image_size: int = 1024):
+    """:func:`module_shapes` of a module at SDXL's width for ``depth``, as a Markdown table."""
+    rows = module_shapes(depth, SDXL_WIDTH_AT_DEPTH[depth], image_size)
+    return markdown_table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
 
 
 def parameter_counts(cond_emb_dim: int = 32, mlp_dim: int = 64) -> dict[str, int]:
@@ -670,6 +680,22 @@ def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequ
 
         return Path(hf_hub_download(PUBLISHED_REPO, PUBLISHED_FILE))
     return next((Path(p) for p in trained if Path(p).is_file()), None)
+
+
+def control_view(pipe, network, control, prompt: str, strength: float, steps_range: tuple[float, float], seed: int,
+                 num_inference_steps: int = 20) -> Image.Image:
+    """The control, the image without the network and the image with it (:func:`lllite.sampling.side_by_side`).
+
+    Args:
+        strength: the network's multiplier.
+        steps_range: (start, end) fractions of the denoising steps where the network acts, as a range slider gives them.
+        seed: the seed of both images.
+    """
+    from .sampling import side_by_side
+
+    start, end = steps_range
+    return side_by_side(pipe, network, control, prompt, seed=seed, strength=strength, start=start, end=end,
+                        num_inference_steps=num_inference_steps)
 
 
 def unused_path(path: str | os.PathLike) -> Path:

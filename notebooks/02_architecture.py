@@ -56,17 +56,9 @@ print(env)
 # %%
 from ipywidgets import Dropdown, ToggleButtons
 
-from lllite.notebook import LiveView, markdown_table, module_shapes
+from lllite.notebook import LiveView, module_shapes_table
 
-WIDTH_AT_DEPTH = {1: 320, 2: 640, 3: 1280}  # SDXL's channels at each resolution level
-
-
-def shapes_table(depth, image_size):
-    rows = module_shapes(depth, WIDTH_AT_DEPTH[depth], image_size)
-    return markdown_table([(r.part, f"`{r.layer}`", tuple(r.shape)) for r in rows], ["part", "layer", "output shape"])
-
-
-LiveView(shapes_table,
+LiveView(module_shapes_table,
          depth=ToggleButtons(options=[1, 2, 3], value=3, description="depth"),
          image_size=Dropdown(options=[512, 768, 1024, 1536], value=1024, description="image px"))
 
@@ -77,11 +69,12 @@ LiveView(shapes_table,
 
 # %%
 from lllite.module import conditioning_stride, token_grid
+from lllite.notebook import SDXL_WIDTH_AT_DEPTH, markdown_table
 
 summary = []
 for depth in (1, 2, 3):
     grid = token_grid((1024 // 8, 1024 // 8), depth)
-    summary.append((depth, f"{conditioning_stride(depth)}x", f"{grid[0]}x{grid[1]}", grid[0] * grid[1], WIDTH_AT_DEPTH[depth]))
+    summary.append((depth, f"{conditioning_stride(depth)}x", f"{grid[0]}x{grid[1]}", grid[0] * grid[1], SDXL_WIDTH_AT_DEPTH[depth]))
 markdown_table(summary, ["depth", "downscale", "embedding grid", "tokens", "Linear width"])
 
 # %% [markdown]
@@ -126,7 +119,7 @@ from lllite.toy.shapes import render_sample
 shape = render_sample(3, size=512)
 control = canny(shape.image)
 torch.manual_seed(0)
-modules = {depth: LLLiteModule(WIDTH_AT_DEPTH[depth], depth=depth) for depth in (1, 2, 3)}
+modules = {depth: LLLiteModule(SDXL_WIDTH_AT_DEPTH[depth], depth=depth) for depth in (1, 2, 3)}
 LiveView(lambda depth: embedding_channels(modules[depth], control, cell=64),
          depth=ToggleButtons(options=[1, 2, 3], value=2, description="depth"))
 

@@ -99,19 +99,13 @@ show(image_grid([[Image.fromarray(source), Image.fromarray(control)]], ["source"
 # (say 0-0.5) fixes the layout and leaves the details free; one that starts late changes only details.
 
 # %%
+from functools import partial
+
 from ipywidgets import FloatRangeSlider, FloatSlider, IntSlider
 
-from lllite.notebook import LiveView
-from lllite.sampling import side_by_side
+from lllite.notebook import LiveView, control_view
 
-
-def render(strength, steps_range, seed):
-    start, end = steps_range
-    return side_by_side(pipe, network, control, prompt, seed=seed, strength=strength, start=start, end=end,
-                        num_inference_steps=steps)
-
-
-LiveView(render,
+LiveView(partial(control_view, pipe, network, control, prompt, num_inference_steps=steps),
          strength=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
          steps_range=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
                                       continuous_update=False),

@@ -1,6 +1,7 @@
 """The notebooks' helpers and widget callbacks, called as plain functions."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -19,9 +20,9 @@ from lllite.data import SubsetConfig, pair_subset
 from lllite.demo import DemoConfig
 from lllite.module import LLLiteModule
 from lllite.notebook import (
-    INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, detect_environment,
+    INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, control_view, detect_environment,
     embedding_channels, fidelity_by_strength, find_weights, first_step_gradients, fresh_network, init_comparison,
-    markdown_table, module_shapes, pair_view, parameter_counts, plot_fidelity, quick_mode, shapes_dataset,
+    markdown_table, module_shapes, module_shapes_table, pair_view, parameter_counts, plot_fidelity, quick_mode, shapes_dataset,
     training_config, unused_path, validation_grids,
 )
 from lllite.sdxl import sdxl_unet
@@ -160,6 +161,11 @@ def test_module_shapes_follow_the_depth_downscale_to_the_token_grid():
     assert shallow["cond_emb"] == (1, 64 * 64, 16) and shallow["down.0"] == (1, 4096, 8) and "conditioning1.4" not in shallow
 
 
+def test_the_module_shapes_table_uses_sdxls_width_at_the_depth():
+    table = module_shapes_table(2, image_size=512).data
+    assert "| up.0 | `Linear(in_features=64, out_features=640, bias=True)` | (1, 1024, 640) |" in table
+
+
 def _lllite_parameters(width: int, depth: int, e: int = 32, m: int = 64) -> int:
     """Parameters of one module, counted from the layer list in the file format's description."""
     half = e // 2
@@ -267,6 +273,19 @@ def test_find_weights_prefers_the_users_file_then_the_first_trained_one(tmp_path
     assert find_weights(TOY_CPU, later, []) == later
     with pytest.raises(FileNotFoundError, match="WEIGHTS = .*missing.safetensors"):
         find_weights(TOY_CPU, tmp_path / "missing.safetensors", [later])
+
+
+def test_the_control_view_shows_control_without_and_with_and_refuses_an_empty_step_range(pipe):
+    import lllite
+
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8)
+    control = canny(render_sample(0, size=64).image)
+    picture = control_view(pipe, network, control, "a red circle", 0.5, (0.2, 0.8), 3, num_inference_steps=2)
+    parameters = json.loads(picture.info["parameters"])
+    assert [(p["strength"], p["seed"]) for p in parameters] == [(0.0, 3), (0.5, 3)]
+    assert (parameters[1]["start"], parameters[1]["end"]) == (0.2, 0.8) and picture.width > 3 * 64
+    with pytest.raises(ValueError, match="0 <= start < end <= 1"):
+        control_view(pipe, network, control, "a red circle", 1.0, (0.5, 0.5), 0, num_inference_steps=2)
 
 
 def test_unused_path_never_points_at_an_existing_file(tmp_path):
