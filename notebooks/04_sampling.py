@@ -41,9 +41,10 @@ print(env)
 # %% [markdown]
 # ## The pipeline and the LLLite file
 #
-# `WEIGHTS` empty: on SDXL, kohya's published canny model is downloaded from the Hugging Face hub; on
-# the toy, the file notebook 03 wrote is used, and if there is none yet a toy network is trained here
-# first (about five minutes on a CPU).
+# `WEIGHTS` empty: on SDXL, kohya's published canny model is downloaded from the Hugging Face hub (set
+# `WEIGHTS = "runs/03_training/lllite_sdxl_canny.safetensors"` for the one notebook 03 trained); on the
+# toy, the file notebook 03 wrote is used, and if there is none yet a toy network is trained here first
+# (about five minutes on a CPU).
 
 # %%
 import lllite
