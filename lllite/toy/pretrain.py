@@ -232,6 +232,8 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         pipe.save_pretrained(staging)
+        # mkdtemp makes the folder private; the weights are package data that every user must read.
+        staging.chmod(0o755)
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
             os.replace(out_dir, retired / out_dir.name)
@@ -258,6 +260,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
     pipe.vae.register_to_config(scaling_factor=float(1 / sampled.std()))
     print(f"VAE scaling_factor {pipe.vae.config.scaling_factor:.4f} (latent mean {sampled.mean():.3f})")
+    with torch.no_grad():
+        reconstruction = pipe.vae.decode(latent_mean[:64]).sample
+    print(f"VAE reconstruction L1 on 64 training images: {F.l1_loss(reconstruction, pixels[:64]).item():.4f} (range -1..1)")
     del pixels
 
     train_unet(pipe, latent_mean, latent_std, captions, cfg)
