@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .conditioning import canny
@@ -64,7 +65,7 @@ class DemoConfig:
     size: int = 128
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_train_seconds: float = 300.0
-    max_train_steps: int = 600
+    max_train_steps: int = 1100
     train_batch_size: int = 16
     learning_rate: float = 2e-3
     cond_emb_dim: int = 32
@@ -208,8 +209,6 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     keys = [str(float(s)) for s in config.strengths]
     means = [float(np.mean(ious[s])) for s in config.strengths]
     stds = [float(np.std(ious[s])) for s in config.strengths]
-    from PIL import Image
-
     rows = []
     for i in range(min(config.grid_rows, len(held_out))):
         rows.append([Image.fromarray(canny(held_out[i].image)), Image.fromarray(held_out[i].image)]
