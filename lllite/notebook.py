@@ -565,7 +565,7 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
                       timestep_sampling=demo.timestep_sampling, lr_scheduler="cosine",
                       lr_warmup_steps=min(50, demo.max_train_steps // 10), max_train_steps=demo.max_train_steps,
                       max_train_seconds=demo.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
-                      optimizer_type="adamw", save_every_n_steps=50, sample_every_n_steps=50,
+                      optimizer_type="adamw", save_every_n_steps=100, sample_every_n_steps=100,
                       sample_num_inference_steps=20, save_precision="float")
     if env.quick:
         recipe.update(train_batch_size=4, max_train_steps=4, lr_warmup_steps=0, save_every_n_steps=2,

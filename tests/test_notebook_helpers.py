@@ -238,7 +238,7 @@ def test_training_config_follows_the_environment_and_takes_changes(tmp_path):
     demo = DemoConfig()
     assert (full.max_train_steps, full.learning_rate, full.timestep_sampling) == (demo.max_train_steps, demo.learning_rate,
                                                                                  demo.timestep_sampling)
-    assert (full.max_train_seconds, full.sample_every_n_steps) == (60, 50)
+    assert (full.max_train_seconds, full.sample_every_n_steps) == (60, 100)
     sdxl = training_config(Environment(True, "T4", "cuda", "sdxl", False), dataset, tmp_path / "run")
     assert (sdxl.learning_rate, sdxl.optimizer_type, sdxl.cond_emb_dim, sdxl.network_dim) == (2e-4, "adamw8bit", 32, 64)
     assert sdxl.gradient_checkpointing and sdxl.mixed_precision in ("bf16", "fp16")
