@@ -1,0 +1,166 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Sampling: strength, step range, seed
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lllite/lllite/blob/main/notebooks/04_sampling.ipynb)
+#
+# Load an LLLite file (one you trained in notebook 03, or a published one such as kohya's
+# `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline, and see what its
+# settings do: the **strength** (the multiplier of every module), the **step range** (the fraction of
+# the denoising steps where it acts, like diffusers' `control_guidance_start/end`) and the **seed**.
+# Then compare strengths side by side, and measure how closely the images follow the control.
+
+# %%
+# Setup: in Colab, install the project; everywhere, find the GPU and choose the model.
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "lllite @ git+https://github.com/lllite/lllite"], check=True)
+
+MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or force "toy" / "sdxl"
+
+from lllite.notebook import detect_environment
+
+env = detect_environment(MODEL)
+print(env)
+
+# %% [markdown]
+# ## The pipeline and the LLLite file
+#
+# `WEIGHTS` empty: on SDXL, kohya's published canny model is downloaded from the Hugging Face hub (set
+# `WEIGHTS = "runs/03_training/lllite_sdxl_canny.safetensors"` for the one notebook 03 trained); on the
+# toy, the file notebook 03 wrote is used, and if there is none yet a toy network is trained here first
+# (about five minutes on a CPU).
+
+# %%
+import lllite
+from lllite.notebook import find_weights, load_pipeline, shapes_dataset, training_config
+from lllite.train import train
+
+WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"
+
+pipe = load_pipeline(env)
+trained = ["runs/03_training/lllite_toy_canny.safetensors", "runs/04_sampling/lllite_toy_canny.safetensors"]
+path = find_weights(env, WEIGHTS, trained)
+if path is None:
+    print("no trained toy network yet: training one (notebook 03 shows how)")
+    config = training_config(env, shapes_dataset(env, "runs/shapes"), "runs/04_sampling",
+                             save_every_n_steps=None, sample_every_n_steps=None)
+    result = train(config, pipe)
+    result.network.remove()
+    path = result.weights
+network = lllite.load(path)
+print(f"{path}: {network}")
+
+# %% [markdown]
+# ## The control image and the prompt
+#
+# A held-out shape's canny edges (white on black, as the canny models expect) and its caption. To use
+# your own picture, set `IMAGE` to its path: its canny edges become the control.
+
+# %%
+import numpy as np
+from PIL import Image
+
+from lllite.conditioning import canny
+from lllite.notebook import show
+from lllite.sampling import image_grid
+from lllite.toy.shapes import eval_samples
+
+IMAGE = None  # a path to a picture of your own
+PROMPT = None  # by default the held-out shape's caption
+
+sample = eval_samples(1, seed=1, size=env.image_size)[0]
+source = np.asarray(Image.open(IMAGE).convert("RGB").resize((env.image_size, env.image_size))) if IMAGE else sample.image
+control = canny(source)
+prompt = PROMPT or sample.caption
+steps = 2 if env.quick else (30 if env.model == "sdxl" else 20)
+batch = 2 if env.model == "sdxl" else 8  # images per pipeline call; SDXL at 1024 px needs GPU memory
+show(image_grid([[Image.fromarray(source), Image.fromarray(control)]], ["source", "control: canny 100/200"], title=prompt))
+
+# %% [markdown]
+# ## Strength, step range and seed, live
+#
+# Each change re-renders the control, the image without the network and the image with it (same
+# seed). Strength 0 is the base model; above 1 the control is exaggerated. A range that ends early
+# (say 0-0.5) fixes the layout and leaves the details free; one that starts late changes only details.
+
+# %%
+from functools import partial
+
+from ipywidgets import FloatRangeSlider, FloatSlider, IntSlider
+
+from lllite.notebook import LiveView, control_view
+
+LiveView(partial(control_view, pipe, network, control, prompt, num_inference_steps=steps),
+         strength=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
+         steps_range=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
+                                      continuous_update=False),
+         seed=IntSlider(value=0, min=0, max=99, description="seed", continuous_update=False))
+
+# %% [markdown]
+# ## The guidance-strength comparison
+#
+# Strengths in columns, prompts and seeds in rows, the control first. Every cell's settings are stored
+# in the picture: `save_png` writes them into the PNG's metadata.
+
+# %%
+import json
+
+from lllite.notebook import unused_path
+from lllite.sampling import save_png, strength_grid
+
+rows = eval_samples(2 if env.quick else 3, seed=2, size=env.image_size)
+grid = strength_grid(pipe, network, [canny(s.image) for s in rows], [s.caption for s in rows],
+                     seeds=[0] if env.quick else [0, 1], num_inference_steps=steps, batch_size=batch)
+show(grid)
+saved = save_png(grid, unused_path("runs/04_sampling/strength_grid.png"))
+print(f"{saved}: the first cell was made with {json.loads(Image.open(saved).info['parameters'])[0][0]}")
+
+# %% [markdown]
+# ## Where in the denoising the control acts
+#
+# The same prompt and seeds with the control on for different parts of the steps (strength 1).
+
+# %%
+from lllite.sampling import step_range_grid
+
+show(step_range_grid(pipe, network, control, prompt, seeds=[0] if env.quick else [0, 1], num_inference_steps=steps))
+
+# %% [markdown]
+# ## Control fidelity against strength
+#
+# Held-out shapes generated at each strength (their canny edges as control, their caption as prompt)
+# and scored: the **shape IoU** of the caption's colour with the true shape, and the **edge F-score**
+# of the image's canny edges against the control. At strength 0 the base model puts the shape
+# anywhere: that is the level the control has to beat.
+
+# %%
+from lllite.notebook import fidelity_by_strength, markdown_table, plot_fidelity
+
+held_out = eval_samples(2 if env.quick else (8 if env.model == "sdxl" else 32), size=env.image_size)
+curve = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
+show(plot_fidelity(curve))
+markdown_table([(s, f"{iou:.3f}", f"{f:.3f}") for s, iou, f in zip(curve.strengths, curve.means("iou"), curve.means("edge_f"))],
+               ["strength", "shape IoU", "edge F-score"])
+
+# %% [markdown]
+# ## More than one network
+#
+# Several LLLite files can act at once, each with its own control image and strength:
+# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, strength=[0.8, 0.5])`.
+# LoRAs loaded with `pipe.load_lora_weights` work alongside.

@@ -1,0 +1,311 @@
+"""The notebooks' helpers and widget callbacks, called as plain functions."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from ipywidgets import IntSlider
+from PIL import Image
+
+from lllite.conditioning import canny
+from lllite.data import SubsetConfig, pair_subset
+from lllite.demo import DemoConfig
+from lllite.module import LLLiteModule
+from lllite.notebook import (
+    INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, control_view, detect_environment,
+    embedding_channels, fidelity_by_strength, find_weights, first_step_gradients, fresh_network, init_comparison,
+    markdown_table, module_shapes, module_shapes_table, pair_view, parameter_counts, plot_fidelity, quick_mode, shapes_dataset,
+    training_config, unused_path, validation_grids,
+)
+from lllite.sdxl import sdxl_unet
+from lllite.toy import build_pipeline
+from lllite.toy.shapes import eval_samples, render_sample, write_dataset
+
+TOY_CPU = Environment(in_colab=False, gpu=None, device="cpu", model="toy", quick=True)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("test")
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    return write_dataset(tmp_path / "shapes", 3, size=64)
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+
+@pytest.mark.parametrize("value, quick", [("", False), ("0", False), ("no", False), ("1", True), ("TRUE", True), (" yes ", True)])
+def test_quick_mode_reads_lllite_quick(value, quick):
+    assert quick_mode({"LLLITE_QUICK": value}) is quick
+
+
+def test_quick_mode_is_off_when_the_variable_is_unset_and_refuses_other_values():
+    assert quick_mode({}) is False
+    with pytest.raises(ValueError, match="LLLITE_QUICK='maybe'"):
+        quick_mode({"LLLITE_QUICK": "maybe"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
+def test_without_a_gpu_auto_chooses_the_toy_and_sdxl_can_still_be_forced():
+    env = detect_environment("auto", {"LLLITE_QUICK": "1"})
+    assert (env.model, env.device, env.gpu, env.quick, env.image_size) == ("toy", "cpu", None, True, 128)
+    with pytest.warns(UserWarning, match="without a GPU"):
+        forced = detect_environment("sdxl", {})
+    assert (forced.model, forced.image_size, forced.quick) == ("sdxl", 1024, False)
+
+
+def test_an_unknown_model_choice_names_the_variable():
+    with pytest.raises(ValueError, match="MODEL = 'sd15'"):
+        detect_environment("sd15")
+
+
+# ------------------------------------------------------------------------------------------ live views
+
+
+def test_a_live_view_renders_the_controls_values_and_re_renders_when_one_changes():
+    calls = []
+    slider = IntSlider(value=3, min=0, max=10)
+    view = LiveView(lambda index: calls.append(index) or f"picture {index}", index=slider)
+    assert view.update() == "picture 3"
+    slider.value = 7
+    assert calls == [3, 7] and view.current == "picture 7" and view.error is None
+
+
+def test_a_live_view_shows_the_message_of_a_value_error_instead_of_a_picture():
+    view = LiveView(lambda low, high: canny_view(np.zeros((32, 32, 3), np.uint8), low, high),
+                    low=IntSlider(value=300, max=500), high=IntSlider(value=200, max=500))
+    view.update()
+    assert "low <= high" in view.error and "Cannot render" in view.current.data
+    view.controls["high"].value = 400
+    assert view.error is None and isinstance(view.current, Image.Image)
+
+
+def test_a_live_view_turns_figures_into_pictures_and_closes_them():
+    import matplotlib.pyplot as plt
+
+    view = LiveView(lambda size: plt.figure(figsize=(size, 2), dpi=50), size=IntSlider(value=4, min=1, max=8))
+    picture = view.update()
+    assert isinstance(picture, Image.Image) and picture.size == (200, 100)
+    assert plt.get_fignums() == []
+
+
+def test_a_live_view_needs_a_control():
+    with pytest.raises(ValueError, match="at least one control"):
+        LiveView(lambda: None)
+
+
+def test_markdown_table_has_a_header_a_rule_and_one_line_per_row():
+    table = markdown_table([(1, "a"), (2, "b")], ["n", "letter"])
+    assert table.data.splitlines() == ["| n | letter |", "|---|---|", "| 1 | a |", "| 2 | b |"]
+
+
+# ------------------------------------------------------------------------------------------ 01: data
+
+
+def test_shapes_dataset_writes_once_at_the_model_size_and_then_reuses_the_folder(tmp_path):
+    config = shapes_dataset(TOY_CPU, tmp_path / "shapes", count=3)
+    images = sorted((tmp_path / "shapes" / "images").glob("*.png"))
+    assert len(images) == 3 and Image.open(images[0]).size == (128, 128)
+    assert config.resolution == (128, 128) and config.subsets[0].conditioning_data_dir == tmp_path / "shapes" / "conditioning"
+    stamp = images[0].stat().st_mtime_ns
+    shapes_dataset(TOY_CPU, tmp_path / "shapes", count=5)
+    assert len(list((tmp_path / "shapes" / "images").glob("*.png"))) == 3 and images[0].stat().st_mtime_ns == stamp
+
+
+def test_pair_view_shows_the_image_beside_its_conditioning_with_the_caption(shapes):
+    report = pair_subset(SubsetConfig(shapes / "images", shapes / "conditioning"), progress=False)
+    view = pair_view(report, 1, height=128)
+    assert view.width >= 2 * 128 and view.height > 128
+    # the right-hand cell is the canny control: white edges on black
+    right = np.asarray(view.convert("L"))[-128:, -128:]
+    assert right.max() == 255 and np.median(right) == 0
+
+
+def test_pair_view_names_the_range_of_a_wrong_index(shapes):
+    report = pair_subset(SubsetConfig(shapes / "images", shapes / "conditioning"), progress=False)
+    with pytest.raises(ValueError, match=r"3 usable pairs \(0..2\)"):
+        pair_view(report, 3)
+
+
+def test_canny_view_shows_more_edges_at_lower_thresholds():
+    image = render_sample(0, size=64).image
+    rng = np.random.default_rng(0)
+    noisy = np.clip(image.astype(int) + rng.integers(-40, 41, image.shape), 0, 255).astype(np.uint8)
+
+    def edge_share(low, high):
+        edges = np.asarray(canny_view(noisy, low, high, height=64).convert("L"))[-64:, -64:]
+        return (edges > 127).mean()
+
+    assert edge_share(10, 20) > edge_share(100, 200) > 0
+
+
+# ------------------------------------------------------------------------------------------ 02: architecture
+
+
+def test_module_shapes_follow_the_depth_downscale_to_the_token_grid():
+    rows = {row.part: row.shape for row in module_shapes(3, 1280, image_size=1024)}
+    assert rows["conditioning1.4"] == (1, 32, 32, 32)
+    assert rows["cond_emb"] == (1, 1024, 32) and rows["cat"] == (1, 1024, 96) and rows["up.0"] == (1, 1024, 1280)
+    shallow = {row.part: row.shape for row in module_shapes(1, 320, image_size=512, cond_emb_dim=16, mlp_dim=8)}
+    assert shallow["cond_emb"] == (1, 64 * 64, 16) and shallow["down.0"] == (1, 4096, 8) and "conditioning1.4" not in shallow
+
+
+def test_the_module_shapes_table_uses_sdxls_width_at_the_depth():
+    table = module_shapes_table(2, image_size=512).data
+    assert "| up.0 | `Linear(in_features=64, out_features=640, bias=True)` | (1, 1024, 640) |" in table
+
+
+def _lllite_parameters(width: int, depth: int, e: int = 32, m: int = 64) -> int:
+    """Parameters of one module, counted from the layer list in the file format's description."""
+    half = e // 2
+    convs = {1: [(3, half, 4), (half, e, 2)], 2: [(3, half, 4), (half, e, 4)],
+             3: [(3, half, 4), (half, half, 4), (half, e, 2)]}[depth]
+    conditioning = sum(cin * cout * k * k + cout for cin, cout, k in convs)
+    return conditioning + (width * m + m) + ((m + e) * m + m) + (m * width + width)
+
+
+def test_parameter_counts_match_the_format_and_a_controlnet_is_about_half_the_unet():
+    counts = parameter_counts()
+    lllite = counts["LLLite (136 modules, E=32, M=64)"]
+    # SDXL: 16 modules at depth 2 (width 640) and 120 at depth 3 (width 1280)
+    assert lllite == 16 * _lllite_parameters(640, 2) + 120 * _lllite_parameters(1280, 3) == 22_969_600
+    assert 0.45 < counts["ControlNet (SDXL)"] / counts["SDXL UNet"] < 0.5
+    assert counts["ControlNet (SDXL)"] / lllite > 50
+
+
+def test_attachment_table_lists_sdxls_five_adapted_blocks_and_136_modules():
+    blocks = attachment_table(sdxl_unet("meta"))
+    assert [b.sgm for b in blocks] == ["input_blocks.4.1", "input_blocks.5.1", "input_blocks.7.1", "input_blocks.8.1",
+                                       "middle_block.1"]
+    assert [b.modules for b in blocks] == [8, 8, 40, 40, 40]
+    assert [(b.depth, b.in_features, b.tokens) for b in blocks[1:3]] == [(2, 640, (64, 64)), (3, 1280, (32, 32))]
+
+
+def test_embedding_channels_show_one_tile_per_channel():
+    torch.manual_seed(0)
+    module = LLLiteModule(16, cond_emb_dim=8, mlp_dim=4, depth=1)
+    picture = embedding_channels(module, canny(render_sample(0, size=64).image), cell=20, columns=4)
+    assert picture.width >= 4 * 20 and picture.height >= 2 * 20
+    assert picture.width < 5 * 20 + 4 * 10  # four columns, not eight
+
+
+def test_a_fully_zeroed_network_leaves_the_image_unchanged_and_the_others_do_not(pipe):
+    sample = render_sample(0, size=64)
+    grid, changes = init_comparison(pipe, canny(sample.image), sample.caption, num_inference_steps=2)
+    assert changes["zero up (weight and bias)"] == 0.0
+    assert changes["kohya: zero up weight only"] > 0 and changes["no zero init"] > 0
+    assert grid.width > 4 * 64
+
+
+def test_with_up_at_zero_only_up_gets_a_gradient_in_the_first_step(pipe):
+    control = canny(render_sample(0, size=64).image)
+    zeroed = first_step_gradients(pipe.unet, fresh_network(pipe.unet, "zero up (weight and bias)"), control)
+    assert zeroed["up"] > 0 and zeroed["conditioning1"] == zeroed["down"] == zeroed["mid"] == 0
+    free = first_step_gradients(pipe.unet, fresh_network(pipe.unet, "no zero init"), control)
+    assert min(free.values()) > 0
+
+
+def test_the_gradient_probe_computes_no_unet_gradients_and_leaves_the_unet_trainable_as_it_was(pipe):
+    first_step_gradients(pipe.unet, fresh_network(pipe.unet, "no zero init"), canny(render_sample(0, size=64).image))
+    assert all(p.requires_grad and p.grad is None for p in pipe.unet.parameters())
+
+
+def test_fresh_network_refuses_an_unknown_init(pipe):
+    assert len(INITS) == 3
+    with pytest.raises(ValueError, match="unknown init 'ones'"):
+        fresh_network(pipe.unet, "ones")
+
+
+# ------------------------------------------------------------------------------------------ 03: training
+
+
+def test_training_config_follows_the_environment_and_takes_changes(tmp_path):
+    dataset = shapes_dataset(TOY_CPU, tmp_path / "shapes", count=2)
+    quick = training_config(TOY_CPU, dataset, tmp_path / "run")
+    assert (quick.pretrained_model_name_or_path, quick.max_train_steps, quick.mixed_precision) == ("toy", 4, "no")
+    full = training_config(Environment(False, None, "cpu", "toy", False), dataset, tmp_path / "run", max_train_seconds=60)
+    demo = DemoConfig()
+    assert (full.max_train_steps, full.learning_rate, full.timestep_sampling) == (demo.max_train_steps, demo.learning_rate,
+                                                                                 demo.timestep_sampling)
+    assert (full.max_train_seconds, full.sample_every_n_steps) == (60, 100)
+    sdxl = training_config(Environment(True, "T4", "cuda", "sdxl", False), dataset, tmp_path / "run")
+    assert (sdxl.learning_rate, sdxl.optimizer_type, sdxl.cond_emb_dim, sdxl.network_dim) == (2e-4, "adamw8bit", 32, 64)
+    assert sdxl.gradient_checkpointing and sdxl.mixed_precision in ("bf16", "fp16")
+
+
+def test_the_training_monitor_shows_the_newest_loss_plot_and_validation_grid_once(tmp_path):
+    monitor = TrainingMonitor(tmp_path)
+    assert monitor.poll() == []
+    Image.new("RGB", (8, 8)).save(tmp_path / "loss.png")
+    (tmp_path / "samples").mkdir()
+    for step in (1, 2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "samples" / f"run-step{step:08d}.png")
+    assert sorted(monitor.poll()) == ["loss", "samples"]
+    assert monitor.shown["samples"].name == "run-step00000002.png"
+    assert monitor.poll() == []
+    time.sleep(0.01)
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "loss.png")
+    os.utime(tmp_path / "loss.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert monitor.poll() == ["loss"]
+    assert validation_grids(tmp_path) == [tmp_path / "samples" / f"run-step{step:08d}.png" for step in (1, 2)]
+    assert validation_grids(tmp_path / "nothing") == []
+
+
+# ------------------------------------------------------------------------------------------ 04: sampling
+
+
+def test_find_weights_prefers_the_users_file_then_the_first_trained_one(tmp_path):
+    later = tmp_path / "b.safetensors"
+    later.write_bytes(b"")
+    assert find_weights(TOY_CPU, None, [tmp_path / "a.safetensors", later]) == later
+    assert find_weights(TOY_CPU, None, [tmp_path / "a.safetensors"]) is None
+    assert find_weights(TOY_CPU, later, []) == later
+    with pytest.raises(FileNotFoundError, match="WEIGHTS = .*missing.safetensors"):
+        find_weights(TOY_CPU, tmp_path / "missing.safetensors", [later])
+
+
+def test_the_control_view_shows_control_without_and_with_and_refuses_an_empty_step_range(pipe):
+    import lllite
+
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8)
+    control = canny(render_sample(0, size=64).image)
+    picture = control_view(pipe, network, control, "a red circle", 0.5, (0.2, 0.8), 3, num_inference_steps=2)
+    parameters = json.loads(picture.info["parameters"])
+    assert [(p["strength"], p["seed"]) for p in parameters] == [(0.0, 3), (0.5, 3)]
+    assert (parameters[1]["start"], parameters[1]["end"]) == (0.2, 0.8) and picture.width > 3 * 64
+    with pytest.raises(ValueError, match="0 <= start < end <= 1"):
+        control_view(pipe, network, control, "a red circle", 1.0, (0.5, 0.5), 0, num_inference_steps=2)
+
+
+def test_unused_path_never_points_at_an_existing_file(tmp_path):
+    first = tmp_path / "grid.png"
+    assert unused_path(first) == first
+    first.write_bytes(b"")
+    (tmp_path / "grid-1.png").write_bytes(b"")
+    assert unused_path(first) == tmp_path / "grid-2.png"
+
+
+def test_fidelity_by_strength_scores_every_sample_at_every_strength(pipe):
+    import lllite
+
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8)
+    samples = eval_samples(2, size=64)
+    curve = fidelity_by_strength(pipe, network, samples, strengths=(0.0, 1.0), num_inference_steps=2, progress=False)
+    assert curve.strengths == [0.0, 1.0]
+    assert all(len(curve.iou[s]) == len(curve.edge_f[s]) == 2 for s in curve.strengths)
+    assert all(0.0 <= v <= 1.0 for s in curve.strengths for v in curve.iou[s] + curve.edge_f[s])
+    # a zero-initialised network changes nothing: every strength scores like the base model
+    assert curve.iou[0.0] == curve.iou[1.0]
+    legend = plot_fidelity(curve).axes[0].get_legend()
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["IoU at strength 0 (no control)", "edge F-score", "shape IoU"]

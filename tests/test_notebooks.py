@@ -1,0 +1,90 @@
+"""The four notebooks: each .ipynb is exactly what jupytext makes of its .py source, and each runs top to
+bottom on a CPU with the toy world and the quick setting, leaving its pictures as ordinary outputs."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+NAMES = ["01_dataset_pairing", "02_architecture", "03_training", "04_sampling"]
+CELL_TIMEOUT_S = 300
+SCREEN_LINES = 25
+
+
+def cells(notebook) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_ipynb_holds_exactly_the_cells_of_its_py_source_and_no_outputs(name):
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    stored = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    assert cells(stored) == cells(source), f"notebooks/{name}.ipynb differs from its source: run `jupytext --sync notebooks/{name}.py`"
+    assert not [c for c in stored.cells if c.cell_type == "code" and c.outputs], f"notebooks/{name}.ipynb stores outputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_first_cells_offer_colab_and_install_the_project_there(name):
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    first_markdown = next(c.source for c in source.cells if c.cell_type == "markdown")
+    first_code = next(c.source for c in source.cells if c.cell_type == "code")
+    assert f"https://colab.research.google.com/github/lllite/lllite/blob/main/notebooks/{name}.ipynb" in first_markdown
+    assert '"google.colab" in sys.modules' in first_code and "git+https://github.com/lllite/lllite" in first_code
+    assert "detect_environment(MODEL)" in first_code
+    every_source = "\n".join(c.source for c in source.cells)
+    assert every_source.count("https://github.com/lllite/lllite") == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_code_cell_fits_on_a_screen(name):
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    lengths = {index: len(c.source.splitlines()) for index, c in enumerate(source.cells) if c.cell_type == "code"}
+    assert max(lengths.values()) <= SCREEN_LINES, f"notebooks/{name}.py: cell lengths {lengths}; move logic into lllite"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One folder for all four, as a user would run them one after the other."""
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def _failed_cell(notebook) -> str:
+    """The failing cell's number and source, and the end of its traceback without terminal colours."""
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(output.get("traceback", [])))
+                tail = "\n".join(traceback.splitlines()[-15:])
+                return f"cell {index}:\n{cell.source}\n\n{tail}"
+    return "no cell recorded the error"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_notebook_runs_top_to_bottom_on_a_cpu_in_quick_mode(name, workdir):
+    notebook = jupytext.read(NOTEBOOKS / f"{name}.py")
+    # The kernel imports the package from this checkout, whatever else is installed; it runs the toy's
+    # tiny kernels on one thread, which beats a thread pool when the cores are shared.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "LLLITE_QUICK": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute(env=env)
+        failure = None
+    except CellExecutionError:
+        failure = _failed_cell(notebook)
+    if failure is not None:  # outside the except block: the report shows the cell, not nbclient's chained error
+        pytest.fail(f"notebooks/{name}.py failed at {failure}", pytrace=False)
+    outputs = [o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    pictures = [o for o in outputs if "image/png" in o]
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o]
+    assert len(pictures) >= 2, f"notebooks/{name} shows {len(pictures)} picture(s) as ordinary outputs"
+    assert widgets, f"notebooks/{name} has no widget controls"
