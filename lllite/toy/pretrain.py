@@ -37,11 +37,12 @@ class PretrainConfig:
     seed: int = 0
     train_samples: int = 4000
     image_size: int = 128
-    vae_steps: int = 1200
+    vae_steps: int = 2000
     vae_batch: int = 4
     vae_crop: int = 128
     vae_lr: float = 2e-3
     kl_weight: float = 1e-7
+    shape_weight: float = 8.0
     initial_logvar: float = -6.0
     unet_steps: int = 3500
     unet_batch: int = 16
@@ -66,23 +67,26 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, list[str]]:
-    """Images in [-1, 1] (N, 3, H, W) and their captions, from the ``"train"`` stream of ``cfg.seed``."""
+def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images in [-1, 1] (N, 3, H, W), shape masks (N, 1, H, W) and captions, from the ``"train"`` stream."""
     images = np.empty((cfg.train_samples, cfg.image_size, cfg.image_size, 3), np.uint8)
+    masks = np.empty((cfg.train_samples, 1, cfg.image_size, cfg.image_size), np.float32)
     captions = []
     for index in tqdm(range(cfg.train_samples), desc="rendering shapes", unit="image", mininterval=5):
         sample = render_sample(index, seed=cfg.seed, size=cfg.image_size)
         images[index] = sample.image
+        masks[index, 0] = sample.mask > 0
         captions.append(sample.caption)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return pixels, captions
+    return pixels, torch.from_numpy(masks), captions
 
 
-def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, cfg: PretrainConfig) -> None:
-    """Reconstruction (MSE) plus a small KL term.
+def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
+    """Shape-weighted reconstruction (MSE) plus a small KL term.
 
     MSE rather than L1: L1 pulls a pixel towards its median, which is the background when the shape
-    covers a tenth of the image, so colours came out late or never in short training.
+    covers a tenth of the image, so colours came out late or never in short training. For the same
+    reason the shape's pixels weigh ``1 + cfg.shape_weight`` times a background pixel.
 
     ``cfg.vae_crop`` below the image size trains on random crops; whole images work better here, because
     the decoder otherwise learns that the image border is never far, and misplaces it at full size.
@@ -104,9 +108,10 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, cfg: Pretra
         index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
         top, left = torch.randint(limit + 1, (2,), generator=generator).tolist()
         batch = pixels[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
+        weight = 1 + cfg.shape_weight * masks[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        reconstruction_loss = F.mse_loss(reconstruction, batch)
+        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean()
         kl = posterior.kl().mean()
         loss = reconstruction_loss + cfg.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
@@ -268,9 +273,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     pipe = build_pipeline("toy", seed=cfg.seed)
     started = time.monotonic()
-    pixels, captions = render_training_set(cfg)
+    pixels, masks, captions = render_training_set(cfg)
 
-    train_vae(pipe, pixels, cfg)
+    train_vae(pipe, pixels, masks, cfg)
     latent_mean, latent_std = encode_latents(pipe, pixels)
     generator = torch.Generator().manual_seed(cfg.seed + 3)
     sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
@@ -281,7 +286,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     print(f"VAE reconstruction L1 on 64 training images: {F.l1_loss(reconstruction, pixels[:64]).item():.4f} (range -1..1)")
     print("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
         f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
-    del pixels
+    del pixels, masks
 
     train_unet(pipe, latent_mean, latent_std, captions, cfg)
     print(f"training took {(time.monotonic() - started) / 60:.1f} min")
