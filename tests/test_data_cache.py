@@ -11,16 +11,6 @@ from lllite.toy import build_pipeline
 from test_data_folders import gradient, save, write_pair
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
-    make every call many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return build_pipeline("test", seed=0)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from data_tools.__main__ import main
@@ -210,16 +209,6 @@ def test_make_conditioning_refuses_bad_options(source, tmp_path):
 
 
 # -- synthesize ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
-    make every call many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

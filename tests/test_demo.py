@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 import lllite
@@ -13,16 +12,6 @@ from lllite.__main__ import main
 from lllite.demo import DemoConfig, run_demo
 from lllite.names import find_targets
 from lllite.toy import build_pipeline
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
-    make every call many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quick(out, **changes) -> DemoConfig:

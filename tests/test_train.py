@@ -17,16 +17,6 @@ from lllite.toy.shapes import write_dataset
 from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipeline's kernels are too small to gain from threads; on a busy machine extra threads
-    make every call many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("shapes"), 8, size=64)
