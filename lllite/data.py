@@ -161,6 +161,16 @@ _UNSUPPORTED_KOHYA_KEYS = {
 }
 
 
+def read_toml(path: Path, error: type[Exception], what: str) -> dict:
+    """A TOML file's contents; a missing or malformed file raises ``error`` naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
     """Read kohya's dataset TOML (``[general]``, ``[[datasets]]``, ``[[datasets.subsets]]``).
 
@@ -171,12 +181,7 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
         DatasetConfigError: naming the file and the key, for unknown keys, wrong types and missing folders keys.
     """
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetConfigError(f"{path}: dataset config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise DatasetConfigError(f"{path}: not valid TOML: {error}") from None
+    document = read_toml(path, DatasetConfigError, "dataset config")
 
     unknown = set(document) - {"general", "datasets"}
     if unknown:

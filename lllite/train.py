@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -38,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts, load_dataset_config
+from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
+                   load_dataset_config, read_toml)
 from .names import find_targets
 from .network import LLLiteNetwork, create_network
 
@@ -739,12 +739,7 @@ def _field_type(name: str) -> type:
 def config_from_toml(path: str | Path) -> dict:
     """Settings from a kohya-style TOML: flat keys, or keys grouped in tables (their names are ignored)."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainError(f"{path}: training config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise TrainError(f"{path}: not valid TOML: {error}") from None
+    document = read_toml(path, TrainError, "training config")
     flat = {}
     for key, value in document.items():
         flat.update(value if isinstance(value, dict) else {key: value})
