@@ -22,7 +22,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"  cond_emb_dim   {network.cond_emb_dim}")
     print(f"  mlp_dim        {network.mlp_dim}")
     print(f"  parameters     {parameters:,}")
-    print(f"  up path        {'yes' if any('output_blocks' in n for n, _ in network.lllite_modules()) else 'no'}")
+    print(f"  up path        {'yes' if network.up_path else 'no'}")
     for key, value in sorted(network.metadata.items()):
         print(f"  {key:<14} {value if len(value) < 80 else value[:77] + '...'}")
     return 0

@@ -156,7 +156,7 @@ def default_metadata(network: LLLiteNetwork) -> dict[str, str]:
         "lllite.mlp_dim": str(network.mlp_dim),
         "lllite.modules": str(len(network)),
         "lllite.depths": ",".join(map(str, depths)),
-        "lllite.up_path": str(any("output_blocks" in name for name, _ in network.lllite_modules())).lower(),
+        "lllite.up_path": str(network.up_path).lower(),
     }
 
 

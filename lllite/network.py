@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .images import to_control_tensor
 from .module import LLLiteModule, conditioning_stride, token_grid
-from .names import Target, find_targets
+from .names import MODULE_PREFIX, Target, find_targets
 
 _MAX_STRIDE = conditioning_stride(3)
 
@@ -130,6 +130,11 @@ class LLLiteNetwork(nn.Module):
     def mlp_dim(self) -> int | None:
         """M shared by every module (kohya's network_dim; None if the modules differ)."""
         return self._common("mlp_dim")
+
+    @property
+    def up_path(self) -> bool:
+        """Whether any module adapts the up path (kohya's default networks have none)."""
+        return any(name.startswith(MODULE_PREFIX + "output_blocks_") for name, _ in self.lllite_modules())
 
     @property
     def is_attached(self) -> bool:
