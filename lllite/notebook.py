@@ -14,6 +14,7 @@ import functools
 import os
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -588,13 +589,18 @@ def open_picture(path: str | os.PathLike) -> Image.Image:
 class TrainingMonitor:
     """Shows a run's loss plot and newest validation grid while :func:`lllite.train.train` writes them.
 
-    Use it around the call to ``train``: the training runs in the notebook's own thread (so the stop
-    button stops it), and a helper thread watches ``output_dir`` for ``loss.png`` (written at every
-    checkpoint) and ``samples/*.png`` (every ``sample_every_n_steps``), updating two outputs in place.
+    Use it around the call to ``train`` and pass :meth:`on_step` to it: the training runs in the
+    notebook's own thread (so the stop button stops it); ``on_step`` redraws the loss plot at most every
+    ``interval`` seconds, and a helper thread watches ``output_dir`` for ``samples/*.png`` (written every
+    ``sample_every_n_steps``) and, when ``on_step`` is not used, for ``loss.png`` (written at every
+    checkpoint), updating two outputs in place::
+
+        with TrainingMonitor(config.output_dir) as monitor:
+            result = train(config, pipe, on_step=monitor.on_step)
 
     Args:
         output_dir: the run's folder (``TrainConfig.output_dir``).
-        interval: seconds between looks at the folder.
+        interval: seconds between looks at the folder, and between redraws of the loss plot.
     """
 
     def __init__(self, output_dir: str | os.PathLike, interval: float = 2.0):
@@ -605,6 +611,23 @@ class TrainingMonitor:
         self._handles: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.losses: list[tuple[int, float]] = []
+        self._drawn_at: float | None = None
+
+    def on_step(self, step: int, loss: float) -> None:
+        """Record a step's loss; redraw the loss plot when ``interval`` seconds have passed since the last."""
+        self.losses.append((step, loss))
+        now = time.monotonic()
+        if self._drawn_at is None or now - self._drawn_at >= self.interval:
+            self._draw_losses()
+            self._drawn_at = now
+
+    def _draw_losses(self) -> None:
+        from .train import loss_figure
+
+        handle = self._handles.get("loss")
+        if handle is not None and self.losses:
+            handle.update(loss_figure(self.losses))
 
     def latest(self) -> dict[str, Path | None]:
         """The newest loss plot and validation grid in the folder (None where there is none yet)."""
@@ -616,7 +639,7 @@ class TrainingMonitor:
         """Show what changed since the last look; returns the names of the outputs that were updated."""
         updated = []
         for name, path in self.latest().items():
-            if path is None:
+            if path is None or (name == "loss" and self.losses):  # drawn live from on_step instead
                 continue
             stamp = path.stat().st_mtime_ns
             if self.shown[name] == path and self._stamps.get(name) == stamp:
@@ -640,7 +663,7 @@ class TrainingMonitor:
         from IPython.display import Markdown, display
 
         self._handles = {
-            "loss": display(Markdown("*The loss plot appears at the first checkpoint.*"), display_id=True),
+            "loss": display(Markdown("*The loss plot appears once training has begun.*"), display_id=True),
             "samples": display(Markdown("*Validation grids appear every `sample_every_n_steps`.*"), display_id=True),
         }
         self._stop.clear()
@@ -652,6 +675,7 @@ class TrainingMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self._draw_losses()
         self.poll()
 
 

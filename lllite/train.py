@@ -30,7 +30,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -360,27 +360,42 @@ def load_checkpoint(folder: Path, network: LLLiteNetwork) -> dict:
 # ------------------------------------------------------------------------------------------ pictures
 
 
-def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
-    """Loss per step and its moving average, as a PNG (written atomically)."""
-    import matplotlib
+def loss_figure(losses: Sequence[tuple[int, float]]):
+    """Loss per step and its moving average, as a PIL image."""
+    import io
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
 
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
     window = max(1, len(values) // 20)
-    smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    cumulative = [0.0]
+    for value in values:
+        cumulative.append(cumulative[-1] + value)
+    smooth = [(cumulative[i + 1] - cumulative[max(0, i - window + 1)]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+    # A Figure without pyplot: no global state, so a notebook's own plots and other threads are untouched.
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
     axes.plot(steps, values, color="0.75", linewidth=0.8, label="loss")
     axes.plot(steps, smooth, color="C0", label=f"mean of {window}")
     axes.set_xlabel("step")
     axes.set_ylabel("noise MSE")
     axes.legend()
     figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
+    """:func:`loss_figure` written as a PNG (atomically)."""
     temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
-    plt.close(figure)
+    loss_figure(losses).save(temporary)
     os.replace(temporary, path)
 
 
@@ -500,13 +515,15 @@ def _prepare_output(config: TrainConfig, output_dir: Path, final: Path) -> Path 
     return None
 
 
-def train(config: TrainConfig, pipe=None) -> TrainResult:
+def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train an LLLite network as ``config`` says and write it in kohya's format.
 
     Args:
         config: the run's settings.
         pipe: an SDXL pipeline already in memory (e.g. the toy); by default it is loaded from
             ``config.pretrained_model_name_or_path``. Its models are frozen and moved to the training device.
+        on_step: called on the main process after every optimizer step with the step number and its
+            loss (averaged over processes), e.g. to redraw a loss plot in a notebook.
 
     Raises:
         TrainError: a setting, the model or the dataset cannot be used; a NaN loss (the message names
@@ -707,6 +724,8 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
         losses.append((step, step_loss))
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if on_step is not None and main:
+            on_step(step, step_loss)
         if tensorboard:
             accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < max_steps:

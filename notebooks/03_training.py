@@ -92,7 +92,7 @@ markdown_table([(f"`{name}`", getattr(config, name)) for name in shown], ["setti
 # %% [markdown]
 # ## Train
 #
-# Above the progress bars: the loss plot (refreshed at every checkpoint) and the newest validation
+# Above the progress bars: the loss plot (redrawn every few seconds) and the newest validation
 # grid. The noise-prediction loss of diffusion training is noisy by nature (it depends on the random
 # timestep more than on the model); watch its moving average, and the validation grids. The stop
 # button stops training; the last checkpoint stays in `OUTPUT_DIR`, and
@@ -102,8 +102,8 @@ markdown_table([(f"`{name}`", getattr(config, name)) for name in shown], ["setti
 from lllite.notebook import TrainingMonitor, show
 from lllite.train import train
 
-with TrainingMonitor(config.output_dir):
-    result = train(config, pipe)
+with TrainingMonitor(config.output_dir) as monitor:
+    result = train(config, pipe, on_step=monitor.on_step)
 result.network.remove()  # the trained network stays attached after train(); the file is what we use below
 print(f"{result.steps} steps in {result.train_seconds:.0f} s (stopped by {result.stopped_by}); wrote {result.weights}")
 

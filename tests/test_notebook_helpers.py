@@ -262,6 +262,28 @@ def test_the_training_monitor_shows_the_newest_loss_plot_and_validation_grid_onc
     assert validation_grids(tmp_path / "nothing") == []
 
 
+def test_on_step_draws_the_loss_plot_live_at_most_once_per_interval(tmp_path):
+    class Handle:
+        def __init__(self):
+            self.pictures = []
+
+        def update(self, picture):
+            self.pictures.append(picture)
+
+    monitor = TrainingMonitor(tmp_path, interval=3600)
+    monitor._handles = {"loss": Handle(), "samples": Handle()}
+    for step in range(1, 6):
+        monitor.on_step(step, 1.0 / step)
+    pictures = monitor._handles["loss"].pictures
+    assert len(pictures) == 1 and pictures[0].size[0] > 100  # the first step draws, the next four wait
+    assert monitor.losses == [(step, 1.0 / step) for step in range(1, 6)]
+    # A loss.png from checkpoints no longer replaces the live plot.
+    Image.new("RGB", (8, 8)).save(tmp_path / "loss.png")
+    assert monitor.poll() == []
+    monitor.__exit__(None, None, None)  # the last draw shows every step
+    assert len(pictures) == 2
+
+
 # ------------------------------------------------------------------------------------------ 04: sampling
 
 

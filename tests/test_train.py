@@ -148,8 +148,12 @@ def test_cubic_timestep_sampling_draws_noisier_timesteps(shapes, tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(shapes, tmp_path):
-    result = train(config(shapes, tmp_path, max_train_steps=3, gradient_accumulation_steps=2), build_pipeline("test"))
+    seen = []
+    result = train(config(shapes, tmp_path, max_train_steps=3, gradient_accumulation_steps=2), build_pipeline("test"),
+                   on_step=lambda step, loss: seen.append((step, loss)))
     assert result.steps == 3 and [s for s, _ in result.losses] == [1, 2, 3]
+    # on_step sees every optimizer step, with the loss the run records.
+    assert seen == result.losses
 
 
 def test_adamw8bit_without_bitsandbytes_says_so_and_trains_with_adamw(shapes, tmp_path, capsys):
