@@ -1,10 +1,9 @@
 """Pretrain the toy SDXL on coloured shapes, so that "a red circle" draws a red circle.
 
-Run: ``python -m lllite.toy.pretrain`` (about half an hour on 2 CPU cores). It trains the VAE, then the
-UNet together with both text encoders with SDXL's noise objective, writes the pipeline into
-``lllite/toy/weights`` and
-prints the quality gate: per colour and shape, the fraction of seeds that show a blob of that colour
-with a plausible size.
+Run: ``python -m lllite.toy.pretrain --overwrite`` (about 50 minutes on one CPU core). It trains the VAE,
+then the UNet together with both text encoders with SDXL's noise objective, writes the pipeline into
+``lllite/toy/weights`` and prints the quality gate: per colour and shape, the fraction of seeds that
+show a blob of that colour with a plausible size.
 """
 from __future__ import annotations
 
@@ -37,14 +36,21 @@ class PretrainConfig:
     seed: int = 0
     train_samples: int = 4000
     image_size: int = 128
-    vae_steps: int = 2000
+    vae_steps: int = 6000
     vae_batch: int = 4
     vae_crop: int = 128
     vae_lr: float = 2e-3
     kl_weight: float = 1e-7
     shape_weight: float = 8.0
+    # The shape's outline decides the IoU of everything downstream: pixels within ``edge_band_px`` of it
+    # weigh ``1 + edge_weight`` more, and the loss also compares image gradients. Without the two, the
+    # round trip blurred corners to IoU 0.81; with them it keeps 0.97 (6000 steps).
+    edge_weight: float = 20.0
+    edge_band_px: int = 2
+    gradient_weight: float = 1.0
     initial_logvar: float = -6.0
-    unet_steps: int = 3500
+    # 3500 steps drew shapes with soft, warped outlines and let green drift to yellow; 16000 pass the gate.
+    unet_steps: int = 16000
     unet_batch: int = 16
     unet_lr: float = 1e-3
     # The text encoders learn with the UNet. Left frozen at their random initialisation, they gave
@@ -84,12 +90,27 @@ def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor
     return pixels, torch.from_numpy(masks), captions
 
 
+def outline_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """1 on pixels within ``width`` pixels of the mask's outline (inside or outside), else 0; (N, 1, H, W)."""
+    size = 2 * width + 1
+    dilated = F.max_pool2d(mask, size, stride=1, padding=width)
+    eroded = -F.max_pool2d(-mask, size, stride=1, padding=width)
+    return dilated - eroded
+
+
+def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differences between vertical and between horizontal neighbours."""
+    return images[..., 1:, :] - images[..., :-1, :], images[..., :, 1:] - images[..., :, :-1]
+
+
 def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
-    """Shape-weighted reconstruction (MSE) plus a small KL term.
+    """Shape-weighted reconstruction (MSE), an L1 term on image gradients, and a small KL term.
 
     MSE rather than L1: L1 pulls a pixel towards its median, which is the background when the shape
     covers a tenth of the image, so colours came out late or never in short training. For the same
-    reason the shape's pixels weigh ``1 + cfg.shape_weight`` times a background pixel.
+    reason the shape's pixels weigh ``1 + cfg.shape_weight`` times a background pixel. MSE alone blurs
+    the outline (a soft edge costs it little), so pixels near the outline weigh ``cfg.edge_weight`` more
+    and the gradient term penalises soft edges directly.
 
     ``cfg.vae_crop`` below the image size trains on random crops; whole images work better here, because
     the decoder otherwise learns that the image border is never far, and misplaces it at full size.
@@ -111,12 +132,14 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
         top, left = torch.randint(limit + 1, (2,), generator=generator).tolist()
         batch = pixels[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
-        weight = 1 + cfg.shape_weight * masks[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
+        mask = masks[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
+        weight = 1 + cfg.shape_weight * mask + cfg.edge_weight * outline_band(mask, cfg.edge_band_px)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean()
+        gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
         kl = posterior.kl().mean()
-        loss = reconstruction_loss + cfg.kl_weight * kl
+        loss = reconstruction_loss + cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -247,8 +270,11 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         pipe.save_pretrained(staging)
-        # mkdtemp makes the folder private; the weights are package data that every user must read.
+        # mkdtemp makes the folder private, and safetensors writes its files private too; the weights are
+        # package data that every user must read.
         staging.chmod(0o755)
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
             os.replace(out_dir, retired / out_dir.name)
