@@ -48,7 +48,8 @@ class DemoConfig:
         size: image side in pixels (the toy SDXL is trained at 128).
         strengths: the multipliers compared.
         max_train_seconds: training time budget.
-        max_train_steps: steps of the cosine learning-rate schedule; the time budget may stop it earlier.
+        max_train_steps: most training steps; the cosine learning rate anneals over these steps or over
+            ``max_train_seconds``, whichever runs out first.
         train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path, timestep_sampling: the
             LLLite training recipe (see :class:`lllite.train.TrainConfig`).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
@@ -65,19 +66,32 @@ class DemoConfig:
     size: int = 128
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_train_seconds: float = 300.0
-    max_train_steps: int = 1100
-    train_batch_size: int = 16
+    max_train_steps: int = 4000
+    train_batch_size: int = 8
     learning_rate: float = 2e-3
     cond_emb_dim: int = 32
     network_dim: int = 64
     up_path: bool = True
     timestep_sampling: str = "cubic"
+    debiased_estimation_loss: bool = False
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     grid_rows: int = 6
     seed: int = 0
     threads: int = 1
     overwrite: bool = False
+
+    def training_settings(self) -> dict:
+        """The :class:`lllite.train.TrainConfig` settings of this recipe (all but the dataset and output folder)."""
+        return dict(
+            pretrained_model_name_or_path="toy", output_name="lllite_toy_canny", cond_emb_dim=self.cond_emb_dim,
+            network_dim=self.network_dim, up_path=self.up_path, learning_rate=self.learning_rate,
+            train_batch_size=self.train_batch_size, lr_scheduler="cosine", lr_warmup_steps=min(50, self.max_train_steps // 10),
+            timestep_sampling=self.timestep_sampling, debiased_estimation_loss=self.debiased_estimation_loss,
+            max_train_steps=self.max_train_steps, max_train_seconds=self.max_train_seconds, mixed_precision="no",
+            gradient_checkpointing=False, cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw",
+            seed=self.seed, save_precision="float",
+        )
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":
@@ -175,16 +189,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
                             batch_size=config.train_batch_size, enable_bucket=False)
 
     # 2. Train within the time budget.
-    train_config = TrainConfig(
-        pretrained_model_name_or_path="toy", dataset_config=dataset, output_dir=str(out / "train"),
-        output_name="lllite_toy_canny", cond_emb_dim=config.cond_emb_dim, network_dim=config.network_dim,
-        up_path=config.up_path, learning_rate=config.learning_rate, lr_scheduler="cosine",
-        timestep_sampling=config.timestep_sampling,
-        lr_warmup_steps=min(50, config.max_train_steps // 10), max_train_steps=config.max_train_steps,
-        max_train_seconds=config.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
-        cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw", seed=config.seed,
-        save_precision="float",
-    )
+    train_config = TrainConfig(dataset_config=dataset, output_dir=str(out / "train"), **config.training_settings())
     result = train(train_config, pipe)
     network = result.network
 

@@ -560,14 +560,9 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
     else:
         from .demo import DemoConfig
 
-        demo = DemoConfig()  # the demo's recipe is the one measured to learn the toy's control
-        recipe = dict(pretrained_model_name_or_path="toy", output_name="lllite_toy_canny",
-                      learning_rate=demo.learning_rate, train_batch_size=demo.train_batch_size, up_path=demo.up_path,
-                      timestep_sampling=demo.timestep_sampling, lr_scheduler="cosine",
-                      lr_warmup_steps=min(50, demo.max_train_steps // 10), max_train_steps=demo.max_train_steps,
-                      max_train_seconds=demo.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
-                      optimizer_type="adamw", save_every_n_steps=100, sample_every_n_steps=100,
-                      sample_num_inference_steps=20, save_precision="float")
+        # the demo's recipe is the one measured to learn the toy's control
+        recipe = dict(DemoConfig().training_settings(), save_every_n_steps=100, sample_every_n_steps=100,
+                      sample_num_inference_steps=20)
     if env.quick:
         recipe.update(train_batch_size=4, max_train_steps=4, lr_warmup_steps=0, save_every_n_steps=2,
                       sample_every_n_steps=4, num_validation_images=2, sample_num_inference_steps=2)

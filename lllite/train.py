@@ -82,11 +82,15 @@ class TrainConfig:
         cache_text_encoder_outputs: encode every caption once; the text encoders then leave the GPU.
         optimizer_type: ``"adamw"`` or ``"adamw8bit"`` (bitsandbytes; plain AdamW when it is missing).
         weight_decay: AdamW weight decay.
-        lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``.
+        lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``. With
+            ``max_train_seconds`` the decay follows whichever runs out first, steps or time, so a run
+            stopped by its time budget still ends at a low learning rate.
         lr_warmup_steps: steps of linear warmup.
         max_grad_norm: clip the gradient norm to this (0 switches clipping off).
         noise_offset: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
         min_snr_gamma: min-SNR loss weighting with this gamma (5 is usual); None = off.
+        debiased_estimation_loss: weight each sample's loss by ``1 / sqrt(SNR)`` (SNR capped at 1000):
+            the noise-prediction loss hardly sees the layout at high noise, and this weight restores it.
         timestep_sampling: ``"uniform"`` (SDXL's objective) or ``"cubic"``: ``t = (1 - u^3) * 1000`` draws
             noisy timesteps more often, where the layout of the image is decided (as T2I-Adapter does).
         seed: seeds the network's init and every random draw of the run.
@@ -128,6 +132,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     noise_offset: float = 0.0
     min_snr_gamma: float | None = None
+    debiased_estimation_loss: bool = False
     timestep_sampling: str = "uniform"
     seed: int = 42
     save_every_n_steps: int | None = None
@@ -446,6 +451,24 @@ def _usable_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
+def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int, time_used: float = 0.0) -> float:
+    """The learning rate's multiplier at ``step``, as diffusers' schedulers of the same name compute it.
+
+    ``time_used`` is the fraction of a time budget already spent; after warmup the decay follows the
+    larger of it and the fraction of steps done.
+    """
+    if kind == "constant":
+        return 1.0
+    if step < warmup_steps:
+        return step / warmup_steps
+    if kind == "constant_with_warmup":
+        return 1.0
+    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), time_used))
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _make_optimizer(config: TrainConfig, parameters, accelerator):
     if config.optimizer_type == "adamw8bit":
         if importlib.util.find_spec("bitsandbytes") is not None and accelerator.device.type == "cuda":
@@ -454,7 +477,12 @@ def _make_optimizer(config: TrainConfig, parameters, accelerator):
             return bnb.optim.AdamW8bit(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         accelerator.print("optimizer_type adamw8bit needs bitsandbytes and a CUDA GPU "
                           "(pip install bitsandbytes); training with plain AdamW instead")
-    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    parameters = list(parameters)
+    try:
+        # One fused kernel for all parameters: on a CPU the per-tensor loop took 5x as long (28 tensors: 6.7 vs 1.2 ms).
+        return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except RuntimeError:  # a device or torch version without the fused kernel
+        return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
@@ -495,6 +523,7 @@ def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int
         "ss_seed": str(config.seed),
         "ss_noise_offset": str(config.noise_offset),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_debiased_estimation": str(config.debiased_estimation_loss),
         "ss_timestep_sampling": config.timestep_sampling,
         "ss_dataset_config": dataset_name,
     }
@@ -532,7 +561,6 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
 
     mixed_precision = _usable_precision(config.mixed_precision)
     _reset_accelerate_for(mixed_precision)
@@ -596,8 +624,9 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     network.apply_to(unet)
     network.train()
     optimizer = _make_optimizer(config, network.parameters(), accelerator)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                 num_training_steps=max_steps)
+    budget_used = 0.0  # fraction of max_train_seconds spent, the same on every process
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda at: lr_factor(config.lr_scheduler, at, config.lr_warmup_steps, max_steps, budget_used))
     step, losses = 0, []
     if resume_from is not None:
         state = load_checkpoint(resume_from, network)
@@ -669,8 +698,9 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     stopped_by = "max_train_steps"
     while step < max_steps:
         if config.max_train_seconds is not None:
-            over = torch.tensor(float(time.monotonic() - started >= config.max_train_seconds), device=device)
-            if accelerator.reduce(over, "max").item() > 0:
+            elapsed = torch.tensor(time.monotonic() - started, device=device)
+            budget_used = accelerator.reduce(elapsed, "max").item() / config.max_train_seconds
+            if budget_used >= 1:
                 stopped_by = "max_train_seconds"
                 break
         step_loss = torch.zeros((), device=device)
@@ -703,9 +733,11 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
                 prediction = model(noisy.to(weight_dtype), timesteps, batch["conditioning_image"].to(device),
                                    prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(device, weight_dtype))
                 loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+                snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
                 if config.min_snr_gamma is not None:
-                    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
                     loss = loss * torch.clamp(snr, max=config.min_snr_gamma) / snr
+                if config.debiased_estimation_loss:
+                    loss = loss / torch.sqrt(torch.clamp(snr, max=1000.0))
                 loss = loss.mean() / accumulation
                 accelerator.backward(loss)
             step_loss += loss.detach()

@@ -14,7 +14,7 @@ import lllite
 from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import write_dataset
-from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
+from lllite.train import TrainConfig, TrainError, check_sdxl, lr_factor, main, step_generator, train
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,56 @@ def test_min_snr_weighting_never_raises_the_loss_and_noise_offset_changes_it(sha
     # Same first step, same draws; each weight min(snr, gamma) / snr is <= 1, and < 1 wherever snr > gamma.
     assert weighted[0][1] < plain[0][1]
     assert offset[0][1] != plain[0][1]
+
+
+def test_debiased_estimation_divides_each_loss_by_the_square_root_of_its_snr(shapes, tmp_path):
+    pipe = build_pipeline("test")
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    one = dict(max_train_steps=1, train_batch_size=1)
+    plain = train(config(shapes, tmp_path / "a", **one), pipe).losses[0][1]
+    debiased = train(config(shapes, tmp_path / "b", **one, debiased_estimation_loss=True), pipe).losses[0][1]
+    handle.remove()
+    assert torch.equal(seen[0], seen[1])  # the same draws: only the weighting differs
+    # SDXL's noise schedule: scaled_linear betas 0.00085..0.012 over 1000 steps.
+    alphas_cumprod = (1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64).square()).cumprod(0)
+    snr = float(alphas_cumprod[seen[0][0]] / (1 - alphas_cumprod[seen[0][0]]))
+    assert debiased == pytest.approx(plain / min(snr, 1000.0) ** 0.5, rel=1e-4)
+
+
+def test_the_learning_rate_schedules_match_diffusers_and_a_time_budget_brings_the_decay_forward():
+    from diffusers.optimization import get_scheduler
+
+    for kind in ("constant", "constant_with_warmup", "linear", "cosine"):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        reference = get_scheduler(kind, optimizer, num_warmup_steps=10, num_training_steps=100)
+        for step in range(100):
+            assert lr_factor(kind, step, 10, 100) == pytest.approx(reference.get_last_lr()[0], abs=1e-9), (kind, step)
+            optimizer.step()
+            reference.step()
+    # Halfway through the steps but with 90% of the time spent, the decay is where 90% of the steps would put it.
+    assert lr_factor("cosine", 55, 10, 100, time_used=0.9) == pytest.approx(lr_factor("cosine", 91, 10, 100))
+    assert lr_factor("linear", 55, 10, 100, time_used=0.2) == lr_factor("linear", 55, 10, 100)  # steps lead here
+    assert lr_factor("cosine", 5, 10, 100, time_used=0.9) == 0.5  # warmup goes by steps
+    assert lr_factor("cosine", 60, 10, 100, time_used=1.5) == 0.0
+
+
+def test_a_time_budget_stops_the_run_and_anneals_the_learning_rate_by_its_end(shapes, tmp_path, monkeypatch):
+    import lllite.train as trainer
+
+    factors = []
+
+    def recording(*args):
+        factors.append(lr_factor(*args))
+        return factors[-1]
+
+    monkeypatch.setattr(trainer, "lr_factor", recording)
+    result = train(config(shapes, tmp_path, max_train_steps=100_000, max_train_seconds=3.0, lr_scheduler="cosine"),
+                   build_pipeline("test"))
+    assert result.stopped_by == "max_train_seconds" and 2 < result.steps < 100_000
+    assert result.train_seconds == pytest.approx(3.0, abs=1.5)
+    # By steps alone the rate would still be at its peak; by time it has decayed to almost nothing.
+    assert factors[0] == 1.0 and factors[-1] < 0.05
 
 
 def test_cubic_timestep_sampling_draws_noisier_timesteps(shapes, tmp_path):
