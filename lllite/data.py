@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 import tomllib
 import warnings
 from collections import defaultdict
@@ -30,6 +28,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from .files import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -856,11 +856,4 @@ class TensorCache:
         if self.folder is None:
             self._memory[key] = tensors
             return
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary)
-            os.replace(temporary, self._path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(key), lambda temporary: save_file(tensors, str(temporary)))

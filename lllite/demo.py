@@ -14,9 +14,7 @@ Outputs in ``--out``: ``metrics.json``, ``comparison.png`` (control, target, one
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
+from .files import write_atomic, write_text_atomic
 from .metrics import shape_iou
 from .sampling import generate, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
@@ -124,14 +123,6 @@ def _prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, path)
-
-
 def _by_colour(ious: list[float], samples) -> dict[str, float]:
     """Mean IoU per caption colour: a colour the base model cannot draw scores 0 at every strength."""
     colours = sorted({s.colour for s in samples})
@@ -153,10 +144,8 @@ def plot_iou(strengths, means, stds, path: Path) -> None:
     axes.set_ylim(0, 1)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
+    write_atomic(path, figure.savefig)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
@@ -234,5 +223,5 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         out=str(out),
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     )
-    _write_json(out / "metrics.json", asdict(demo))
+    write_text_atomic(out / "metrics.json", json.dumps(asdict(demo), indent=2) + "\n")
     return demo

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .files import write_atomic
 from .module import LLLiteModule
 from .names import MODULE_PREFIX
 from .network import LLLiteNetwork
@@ -174,8 +174,6 @@ def save(network: LLLiteNetwork, path, dtype: torch.dtype | None = torch.float16
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: LLLite files are written as .safetensors")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     tensors = {
         key: (value if dtype is None else value.to(dtype)).detach().to("cpu").contiguous()
         for key, value in network.state_dict().items()
@@ -183,11 +181,4 @@ def save(network: LLLiteNetwork, path, dtype: torch.dtype | None = torch.float16
     merged = {**network.metadata, **default_metadata(network)}
     for key, value in (metadata or {}).items():
         merged[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(temporary), metadata=merged)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=merged), overwrite)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -338,11 +339,11 @@ class LLLiteNetwork(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save(self, path, dtype: torch.dtype | None = torch.float16, metadata: dict | None = None,
-             overwrite: bool = False) -> None:
-        """Write a kohya-format LLLite file (safetensors); see :func:`lllite.fileformat.save`."""
+             overwrite: bool = False) -> Path:
+        """Write a kohya-format LLLite file (safetensors) and return its path; see :func:`lllite.fileformat.save`."""
         from .fileformat import save
 
-        save(self, path, dtype=dtype, metadata=metadata, overwrite=overwrite)
+        return save(self, path, dtype=dtype, metadata=metadata, overwrite=overwrite)
 
 
 def create_network(unet: nn.Module, cond_emb_dim: int = 32, mlp_dim: int = 64, up_path: bool = False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from .files import write_atomic
 from .images import to_control_tensor, to_pil
 from .network import LLLiteNetwork
 
@@ -395,18 +395,8 @@ def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = Fals
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: save_png writes .png files")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     for key, value in image.info.items():
         if isinstance(value, str):
             info.add_text(key, value)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        image.save(temporary, format="PNG", pnginfo=info)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info), overwrite)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
                    load_dataset_config, read_toml)
+from .files import write_atomic
 from .names import find_targets
 from .network import LLLiteNetwork, create_network
 
@@ -399,9 +400,8 @@ def loss_figure(losses: Sequence[tuple[int, float]]):
 
 def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
     """:func:`loss_figure` written as a PNG (atomically)."""
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    loss_figure(losses).save(temporary)
-    os.replace(temporary, path)
+    figure = loss_figure(losses)
+    write_atomic(path, lambda temporary: figure.save(temporary, format="PNG"))
 
 
 def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config: TrainConfig, step: int):

@@ -80,7 +80,7 @@ def test_write_dataset_uses_kohya_layout_with_matching_basenames(tmp_path):
     assert sorted(p.stem for p in (out / "images").glob("*.txt")) == names
     assert sorted(p.stem for p in (out / "conditioning").glob("*.png")) == names
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == names
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob(".*"))  # no temporary file left behind
 
 
 def test_written_files_hold_the_rendered_sample(tmp_path):

@@ -8,7 +8,6 @@ in hue *and* brightness: the colour can be segmented and canny (thresholds 100/2
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lllite.conditioning import canny
+from lllite.files import write_bytes_atomic
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 45, 45),
@@ -137,18 +137,6 @@ def render_sample(
     return ShapeSample(image=image, mask=mask >= 128, colour=colour, shape=shape)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _png(image: np.ndarray) -> bytes:
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
@@ -193,10 +181,10 @@ def write_dataset(
     for index in tqdm(range(count), desc=f"writing shapes to {out}", unit="sample"):
         sample = render_sample(index, seed=seed, size=size, split=split)
         name = f"{index:0{digits}d}"
-        _write_atomic(folders["images"] / f"{name}.png", _png(sample.image))
-        _write_atomic(folders["images"] / f"{name}.txt", (sample.caption + "\n").encode())
-        _write_atomic(folders["conditioning"] / f"{name}.png", _png(canny(sample.image)))
-        _write_atomic(folders["masks"] / f"{name}.png", _png(sample.mask.astype(np.uint8) * 255))
+        write_bytes_atomic(folders["images"] / f"{name}.png", _png(sample.image))
+        write_bytes_atomic(folders["images"] / f"{name}.txt", (sample.caption + "\n").encode())
+        write_bytes_atomic(folders["conditioning"] / f"{name}.png", _png(canny(sample.image)))
+        write_bytes_atomic(folders["masks"] / f"{name}.png", _png(sample.mask.astype(np.uint8) * 255))
     return out
 
 
