@@ -60,6 +60,18 @@ def test_training_writes_a_kohya_file_with_metadata_a_loss_plot_and_validation_g
     assert not any(p.requires_grad for p in pipe.unet.parameters())
 
 
+def test_training_logs_loss_and_learning_rate_per_step_to_tensorboard(shapes, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(config(shapes, tmp_path), build_pipeline("test"))
+    events = EventAccumulator(str(tmp_path / "logs" / "lllite"))
+    events.Reload()
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [1, 2, 3, 4]
+    assert [e.value for e in loss] == pytest.approx([value for _, value in result.losses])
+    assert len(events.Scalars("lr")) == 4
+
+
 def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(shapes, tmp_path):
     whole = train(config(shapes, tmp_path / "whole", max_train_steps=6), build_pipeline("test"))
 
