@@ -11,11 +11,9 @@ import argparse
 import ctypes
 import datetime as dt
 import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 import torch.nn as nn
 
 import lllite
+from lllite.files import write_text_atomic
 from lllite.module import token_grid
 from lllite.sdxl import fill_weights, sdxl_unet
 
@@ -367,17 +366,7 @@ def write_results(config: BenchConfig, benchmark: str, results: dict) -> Path:
         "machine": machine(config),
         "results": results,
     }
-    path = config.out
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(config.out, json.dumps(document, indent=1))
 
 
 def gib(n_bytes: float) -> str:

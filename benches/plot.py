@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from lllite.files import write_atomic  # noqa: E402
 
 LABELS = {
     "lllite": "LLLite (136)",
@@ -115,14 +115,7 @@ def main() -> None:
     for ax, (fn, document) in zip(axes[0], panels):
         fn(ax, document)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=args.out.name, suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, args.out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(args.out, lambda temporary: fig.savefig(temporary, dpi=120))
     print(f"wrote {args.out}")
 
 
