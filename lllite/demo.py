@@ -38,7 +38,7 @@ OUTPUTS = ("data", "train", "metrics.json", "comparison.png", "iou_vs_strength.p
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo; the defaults train for at most 5 minutes and finish in about 7 on 2 CPU cores.
+    """Settings of the demo; the defaults train for at most 5 minutes and finish in about 6.5 on 2 CPU cores.
 
     Args:
         out: output folder.
