@@ -1,6 +1,7 @@
 """The trainer on the tiny "test" SDXL: outputs, exact resume, DDP, NaN, memory options and clear errors."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -332,4 +333,12 @@ def test_two_cpu_processes_train_as_one_ddp_job_with_identical_weights_and_one_w
     # The logged loss is the mean over both processes, so both report the same numbers.
     assert ranks[0]["losses"] == ranks[1]["losses"]
     assert ranks[0]["file"] == tmp_path / "out" / "lllite.safetensors" and ranks[1]["file"] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lllite.safetensors", "loss.png"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    if importlib.util.find_spec("tensorboard") is None:
+        assert written == ["lllite.safetensors", "loss.png"]
+    else:
+        # TensorBoard too logs from the main process only.
+        assert written == ["lllite.safetensors", "logs", "loss.png"]
+        # Event files are named events.out.tfevents.TIME.HOST.PID.N: every one from the same process.
+        events = list((tmp_path / "out" / "logs").rglob("events.out.tfevents.*"))
+        assert events and len({p.name.split(".")[-2] for p in events}) == 1
