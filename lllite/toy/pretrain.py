@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import math
+import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
@@ -64,9 +68,13 @@ class PretrainConfig:
     gate_steps: int = 20
     guidance_scale: float = 5.0
     out_dir: Path = WEIGHTS_DIR
-    # One thread: on a CPU shared with other work, several OpenMP threads per process wait on each
-    # other and run many times slower; one thread also fixes the summation order, for reproducibility.
+    # One thread per process: the toy's kernels are too small to gain from more, several OpenMP threads
+    # on a CPU shared with other work wait on each other, and one thread fixes the summation order.
     threads: int = 1
+    # Processes that split every batch (data parallel, one per core). Each draws the whole batch and its
+    # noise from the same generators and trains on its share, and the gradients are summed, so the
+    # updates are those of one process up to float rounding.
+    processes: int = 2
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -77,12 +85,64 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def render_training_set(cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+class _Group:
+    """The processes training together: this one's rank, their number, and what they share.
+
+    Alone (``world == 1``) every method is a no-op, so the single-process code path is the same.
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch: int) -> slice:
+        """This process's rows of a batch drawn whole by every process."""
+        size = batch // self.world
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def sum_gradients(self, parameters) -> None:
+        """Sum every gradient over the processes (losses are scaled so that the sum is the whole batch's)."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every process's rows, in rank order."""
+        if self.world == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def gather_objects(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+
+def render_training_set(cfg: PretrainConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images in [-1, 1] (N, 3, H, W), shape masks (N, 1, H, W) and captions, from the ``"train"`` stream."""
     images = np.empty((cfg.train_samples, cfg.image_size, cfg.image_size, 3), np.uint8)
     masks = np.empty((cfg.train_samples, 1, cfg.image_size, cfg.image_size), np.float32)
     captions = []
-    for index in tqdm(range(cfg.train_samples), desc="rendering shapes", unit="image", mininterval=5):
+    for index in tqdm(range(cfg.train_samples), desc="rendering shapes", unit="image", mininterval=5, disable=not progress):
         sample = render_sample(index, seed=cfg.seed, size=cfg.image_size)
         images[index] = sample.image
         masks[index, 0] = sample.mask > 0
@@ -104,7 +164,8 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return images[..., 1:, :] - images[..., :-1, :], images[..., :, 1:] - images[..., :, :-1]
 
 
-def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
+def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig,
+              group: _Group | None = None) -> None:
     """Shape-weighted reconstruction (MSE), an L1 term on image gradients, and a small KL term.
 
     MSE rather than L1: L1 pulls a pixel towards its median, which is the background when the shape
@@ -115,7 +176,12 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
 
     ``cfg.vae_crop`` below the image size trains on random crops; whole images work better here, because
     the decoder otherwise learns that the image border is never far, and misplaces it at full size.
+
+    With several processes each encodes its share of the batch; every term is scaled so that the
+    summed gradients are those of the whole batch.
     """
+    group = group or _Group()
+    share = group.share(cfg.vae_batch)
     vae = pipe.vae
     # Start with a small posterior std: at the default (std 1) the sampled latents are mostly noise and
     # the decoder learns little until the encoder has slowly shrunk it.
@@ -128,37 +194,51 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
     )
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     limit = cfg.image_size - cfg.vae_crop
-    progress = tqdm(range(cfg.vae_steps), desc="VAE", unit="step", mininterval=10)
+    progress = tqdm(range(cfg.vae_steps), desc="VAE", unit="step", mininterval=10, disable=not group.main)
     for _ in progress:
-        index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
+        index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)[share]
         top, left = torch.randint(limit + 1, (2,), generator=generator).tolist()
         batch = pixels[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
         mask = masks[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
         weight = 1 + cfg.shape_weight * mask + cfg.edge_weight * outline_band(mask, cfg.edge_band_px)
         posterior = vae.encode(batch).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean()
+        # The whole batch's draw (what posterior.sample would draw alone), then this process's rows.
+        noise = torch.randn((cfg.vae_batch, *posterior.mean.shape[1:]), generator=generator)[share]
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        # The weighted mean over the whole batch: this share's weighted sum over all shares' weights.
+        squared = weight * (reconstruction - batch).square()
+        reconstruction_loss = squared.sum() / (squared.shape[1] * group.sum(weight.sum()))
         gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
         kl = posterior.kl().mean()
-        loss = reconstruction_loss + cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl
+        loss = reconstruction_loss + (cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl) / group.world
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        group.sum_gradients(vae.parameters())
         optimizer.step()
         scheduler.step()
-        progress.set_postfix(mse=f"{reconstruction_loss.item():.4f}", kl=f"{kl.item():.0f}")
+        progress.set_postfix(mse=f"{group.sum(reconstruction_loss.detach()).item():.4f}", kl=f"{kl.item():.0f}")
     vae.eval()
     vae.requires_grad_(False)
 
 
 @torch.no_grad()
-def encode_latents(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every training image, unscaled."""
+def encode_latents(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor,
+                   group: _Group | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every training image, unscaled (each process encodes a share)."""
+    group = group or _Group()
+    per_process = -(-len(pixels) // group.world)
+    mine = pixels[group.rank * per_process : (group.rank + 1) * per_process]
+    # Equal shares for gathering: the last process pads with copies of its last image, dropped after.
+    padding = per_process - len(mine)
+    if padding:
+        mine = torch.cat([mine, mine[-1:].expand(padding, *mine.shape[1:])])
     means, stds = [], []
-    for start in tqdm(range(0, len(pixels), 64), desc="encoding latents", unit="batch", mininterval=10):
-        posterior = pipe.vae.encode(pixels[start : start + 64]).latent_dist
+    for start in tqdm(range(0, len(mine), 64), desc="encoding latents", unit="batch", mininterval=10,
+                      disable=not group.main):
+        posterior = pipe.vae.encode(mine[start : start + 64]).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
-    return torch.cat(means), torch.cat(stds)
+    return group.gather(torch.cat(means))[: len(pixels)], group.gather(torch.cat(stds))[: len(pixels)]
 
 
 def caption_embeddings(pipe: StableDiffusionXLPipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +254,7 @@ def train_unet(
     latent_std: torch.Tensor,
     captions: list[str],
     cfg: PretrainConfig,
+    group: _Group | None = None,
 ) -> None:
     """SDXL's objective: DDPM (scaled_linear 0.00085..0.012, 1000 steps), epsilon prediction, time ids.
 
@@ -181,7 +262,10 @@ def train_unet(
     the twelve distinct captions once and indexes them. A dropped caption uses zero text and pooled
     embeddings: that is what the pipeline feeds as the unconditional branch of classifier-free guidance
     (``force_zeros_for_empty_prompt``). The saved weights are an exponential moving average of all three.
+    With several processes each trains on its share of the batch and the gradients are summed.
     """
+    group = group or _Group()
+    share = group.share(cfg.unet_batch)
     unet = pipe.unet
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -206,16 +290,18 @@ def train_unet(
         optimizer, lambda step: _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 2)
-    progress = tqdm(range(cfg.unet_steps), desc="UNet", unit="step", mininterval=10)
+    progress = tqdm(range(cfg.unet_steps), desc="UNet", unit="step", mininterval=10, disable=not group.main)
     running = None
     for step in progress:
+        # Every process draws the whole batch from the same generator, then keeps its rows.
         index = torch.randint(len(latent_mean), (cfg.unet_batch,), generator=generator)
-        noise_in_posterior = torch.randn(latent_mean[index].shape, generator=generator)
+        noise_in_posterior = torch.randn(latent_mean[index].shape, generator=generator)[share]
+        index = index[share]
         latents = (latent_mean[index] + latent_std[index] * noise_in_posterior) * scaling
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(1000, (cfg.unet_batch,), generator=generator)
+        noise = torch.randn((cfg.unet_batch, *latents.shape[1:]), generator=generator)[share]
+        timesteps = torch.randint(1000, (cfg.unet_batch,), generator=generator)[share]
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()
+        keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()[share]
         text, pooled = caption_embeddings(pipe, distinct)
         text, pooled = text[caption_index[index]], pooled[caption_index[index]]
         prediction = unet(
@@ -226,7 +312,8 @@ def train_unet(
         ).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / group.world).backward()
+        group.sum_gradients(trained.parameters())
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -234,7 +321,8 @@ def train_unet(
         with torch.no_grad():
             for averaged, current in zip(ema.parameters(), trained.parameters()):
                 averaged.lerp_(current, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        value = loss.item()  # this process's share; the bar shows the main process's
+        running = value if running is None else 0.98 * running + 0.02 * value
         progress.set_postfix(loss=f"{running:.4f}")
     trained.load_state_dict(ema.state_dict())
     trained.eval()
@@ -243,26 +331,31 @@ def train_unet(
 
 @torch.no_grad()
 def quality_gate(
-    pipe: StableDiffusionXLPipeline, seeds: int = 16, steps: int = 20, guidance_scale: float = 5.0, size: int = 128
+    pipe: StableDiffusionXLPipeline, seeds: int = 16, steps: int = 20, guidance_scale: float = 5.0, size: int = 128,
+    group: _Group | None = None,
 ) -> dict[str, float]:
     """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour
-    with a plausible size (:func:`lllite.metrics.has_colour_blob`)."""
+    with a plausible size (:func:`lllite.metrics.has_colour_blob`). Several processes share the captions."""
+    group = group or _Group()
+    pairs = [(colour, caption_for(colour, shape)) for colour in COLOURS for shape in SHAPES]
     rates = {}
-    for colour in tqdm(COLOURS, desc="quality gate", unit="colour"):
-        for shape in SHAPES:
-            caption = caption_for(colour, shape)
-            images = pipe(
-                [caption] * seeds,
-                height=size,
-                width=size,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)],
-                output_type="np",
-            ).images
-            images = (images * 255).round().astype(np.uint8)
-            rates[caption] = float(np.mean([has_colour_blob(image, colour) for image in images]))
-    return rates
+    for colour, caption in tqdm(pairs[group.rank :: group.world], desc="quality gate", unit="caption",
+                                disable=not group.main):
+        images = pipe(
+            [caption] * seeds,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)],
+            output_type="np",
+        ).images
+        images = (images * 255).round().astype(np.uint8)
+        rates[caption] = float(np.mean([has_colour_blob(image, colour) for image in images]))
+    shared = {}
+    for part in group.gather_objects(rates):
+        shared.update(part)
+    return {caption: shared[caption] for _, caption in pairs}
 
 
 def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
@@ -302,38 +395,98 @@ def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
-    """Train the toy pipeline, save it to ``cfg.out_dir`` and return the quality gate's rates."""
-    torch.set_num_threads(cfg.threads)
+    """Train the toy pipeline, save it to ``cfg.out_dir`` and return the quality gate's rates.
+
+    With ``cfg.processes > 1`` this process trains as the first of them and forks the others (one
+    core each); only this one prints and writes.
+    """
+    if cfg.processes < 1:
+        raise ValueError(f"processes must be at least 1, got {cfg.processes}")
+    for name in ("vae_batch", "unet_batch"):
+        if getattr(cfg, name) % cfg.processes:
+            raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
+                             "every process trains on an equal share of each batch")
+    torch.set_num_threads(cfg.threads)  # before forking: the children keep it
+    if cfg.processes == 1:
+        return _pretrain(cfg, _Group())
+    if dist.is_initialized():
+        raise RuntimeError("pretrain(processes > 1) starts its own process group; call it with processes=1 here")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # fork: the children inherit the imported libraries instead of importing them again.
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_worker, args=(rank, cfg, port), daemon=True, name=f"pretrain-{rank}")
+               for rank in range(1, cfg.processes)]
+    for worker in workers:
+        worker.start()
+    try:
+        _join(0, cfg.processes, port)
+        rates = _pretrain(cfg, _Group(0, cfg.processes))
+        for worker in workers:
+            worker.join()
+        failed = [worker.name for worker in workers if worker.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"pretraining process {failed[0]} failed; see its error above")
+        return rates
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=10))
+
+
+def _worker(rank: int, cfg: PretrainConfig, port: int) -> None:
+    _join(rank, cfg.processes, port)
+    try:
+        _pretrain(cfg, _Group(rank, cfg.processes))
+    finally:
+        dist.destroy_process_group()
+
+
+def _pretrain(cfg: PretrainConfig, group: _Group) -> dict[str, float]:
+    say = print if group.main else (lambda *args, **kwargs: None)
     torch.manual_seed(cfg.seed)
     pipe = build_pipeline("toy", seed=cfg.seed)
     started = time.monotonic()
-    pixels, masks, captions = render_training_set(cfg)
+    pixels, masks, captions = render_training_set(cfg, progress=group.main)
 
-    train_vae(pipe, pixels, masks, cfg)
-    latent_mean, latent_std = encode_latents(pipe, pixels)
+    train_vae(pipe, pixels, masks, cfg, group)
+    latent_mean, latent_std = encode_latents(pipe, pixels, group)
     generator = torch.Generator().manual_seed(cfg.seed + 3)
     sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
     pipe.vae.register_to_config(scaling_factor=float(1 / sampled.std()))
-    print(f"VAE scaling_factor {pipe.vae.config.scaling_factor:.4f} (latent mean {sampled.mean():.3f})")
-    with torch.no_grad():
-        reconstruction = pipe.vae.decode(latent_mean[:64]).sample
-    print(f"VAE reconstruction L1 on 64 training images: {F.l1_loss(reconstruction, pixels[:64]).item():.4f} (range -1..1)")
-    print("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
-        f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
+    say(f"VAE scaling_factor {pipe.vae.config.scaling_factor:.4f} (latent mean {sampled.mean():.3f})")
+    if group.main:
+        with torch.no_grad():
+            reconstruction = pipe.vae.decode(latent_mean[:64]).sample
+        say(f"VAE reconstruction L1 on 64 training images: {F.l1_loss(reconstruction, pixels[:64]).item():.4f} (range -1..1)")
+        say("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
+            f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
+        say(f"VAE done after {(time.monotonic() - started) / 60:.1f} min")
     del pixels, masks
 
-    train_unet(pipe, latent_mean, latent_std, captions, cfg)
-    print(f"training took {(time.monotonic() - started) / 60:.1f} min")
+    train_unet(pipe, latent_mean, latent_std, captions, cfg, group)
+    process_note = f" ({group.world} processes)" if group.world > 1 else ""
+    say(f"training took {(time.monotonic() - started) / 60:.1f} min{process_note}")
 
-    save_atomically(pipe, cfg.out_dir)
-    size_mb = sum(path.stat().st_size for path in cfg.out_dir.rglob("*") if path.is_file()) / 2**20
-    print(f"saved the toy pipeline to {cfg.out_dir} ({size_mb:.1f} MB)")
+    if group.main:
+        save_atomically(pipe, cfg.out_dir)
+        size_mb = sum(path.stat().st_size for path in cfg.out_dir.rglob("*") if path.is_file()) / 2**20
+        say(f"saved the toy pipeline to {cfg.out_dir} ({size_mb:.1f} MB)")
 
-    rates = quality_gate(pipe, cfg.gate_seeds, cfg.gate_steps, cfg.guidance_scale, cfg.image_size)
+    rates = quality_gate(pipe, cfg.gate_seeds, cfg.gate_steps, cfg.guidance_scale, cfg.image_size, group)
     for caption, rate in rates.items():
-        print(f"  {caption:<18} {rate:6.1%}")
+        say(f"  {caption:<18} {rate:6.1%}")
     worst = min(rates.values())
-    print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= 0.8 else 'FAIL'}")
+    say(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= 0.8 else 'FAIL'}")
+    say(f"pretraining and gate took {(time.monotonic() - started) / 60:.1f} min in all")
     return rates
 
 
@@ -350,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     if (cfg.out_dir / "model_index.json").exists() and not overwrite:
         print(f"error: {cfg.out_dir} already holds a pipeline; pass --overwrite to replace it", file=sys.stderr)
         return 1
-    rates = pretrain(cfg)
+    try:
+        rates = pretrain(cfg)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0 if min(rates.values()) >= 0.8 else 2
 
 
