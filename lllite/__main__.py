@@ -33,17 +33,18 @@ def _demo(args: argparse.Namespace) -> int:
     from .train import TrainError
 
     settings = {"out": args.out, "overwrite": args.overwrite}
-    for name in ("max_train_seconds", "threads"):
+    for name in ("max_train_seconds", "threads", "processes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     try:
         result = run_demo(config)
-    except (FileExistsError, FileNotFoundError, TrainError) as error:
+    except (FileExistsError, FileNotFoundError, TrainError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in result.strength_iou.items())}")
-    print(f"trained {result.train_steps} steps in {result.train_seconds:.0f} s; total {result.total_seconds:.0f} s")
+    processes = f" ({result.train_processes} processes)" if result.train_processes > 1 else ""
+    print(f"trained {result.train_steps} steps in {result.train_seconds:.0f} s{processes}; total {result.total_seconds:.0f} s")
     print(f"wrote {result.out}/metrics.json, comparison.png, iou_vs_strength.png and {result.weights}")
     return 0
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="lllite-demo", help="output folder (default: lllite-demo)")
     demo.add_argument("--quick", action="store_true", help="a few steps and samples: a smoke test, not a result")
     demo.add_argument("--max-train-seconds", type=float, help="training time budget (default 300)")
-    demo.add_argument("--threads", type=int, help="CPU threads for torch (default 1: the toy is too small to gain from more)")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch per process (default 1: the toy is too small to gain from more)")
+    demo.add_argument("--processes", type=int, help="CPU processes training together, one per core (default 2)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in --out")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)

@@ -52,3 +52,31 @@ def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, cap
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_two_training_processes_write_one_network_that_the_demo_evaluates(tmp_path):
+    result = run_demo(quick(tmp_path, processes=2), build_pipeline("test"))
+    assert result.train_processes == 2 and result.train_steps == 3
+    # The first process alone writes; the latent cache it shared with the other is gone afterwards.
+    assert sorted(p.name for p in (tmp_path / "train").iterdir() if p.name != "logs") == [
+        "lllite_toy_canny.safetensors", "loss.png"]
+    network = lllite.load(result.weights)
+    assert any(m.up[0].weight.abs().max() > 0 for _, m in network.lllite_modules())  # it trained
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_processes"] == 2
+
+
+def test_the_demo_refuses_zero_processes_or_threads(tmp_path):
+    for name in ("processes", "threads"):
+        with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+            run_demo(quick(tmp_path, **{name: 0}), build_pipeline("test"))
+
+
+def test_a_failing_training_process_is_reported_not_waited_for(tmp_path, monkeypatch):
+    import lllite.demo
+
+    def broken(config, pipe):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(lllite.demo, "train", broken)  # the forked processes inherit it
+    with pytest.raises(lllite.demo.TrainError, match="training process 0 failed.*processes=1"):
+        run_demo(quick(tmp_path, processes=2), build_pipeline("test"))
