@@ -36,7 +36,7 @@ from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples, render
 
 @dataclass
 class PretrainConfig:
-    """Settings of the toy pretraining; the defaults produce the shipped weights."""
+    """Settings of the toy pretraining; the defaults (one process) produce the shipped weights."""
 
     seed: int = 0
     train_samples: int = 4000
@@ -73,8 +73,9 @@ class PretrainConfig:
     threads: int = 1
     # Processes that split every batch (data parallel, one per core). Each draws the whole batch and its
     # noise from the same generators and trains on its share, and the gradients are summed, so the
-    # updates are those of one process up to float rounding.
-    processes: int = 2
+    # updates are those of one process up to float rounding; over thousands of steps the rounding
+    # grows into other (equally good) weights. The shipped weights come from one process.
+    processes: int = 1
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -205,12 +206,16 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         # The whole batch's draw (what posterior.sample would draw alone), then this process's rows.
         noise = torch.randn((cfg.vae_batch, *posterior.mean.shape[1:]), generator=generator)[share]
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
-        # The weighted mean over the whole batch: this share's weighted sum over all shares' weights.
-        squared = weight * (reconstruction - batch).square()
-        reconstruction_loss = squared.sum() / (squared.shape[1] * group.sum(weight.sum()))
+        # The weighted mean over the whole batch: this share's, times its part of all shares' weight (x/x
+        # is exactly 1 alone, so one process computes what it always did, bit for bit).
+        weight_sum = weight.sum()
+        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean() * (
+            weight_sum / group.sum(weight_sum))
         gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
         kl = posterior.kl().mean()
-        loss = reconstruction_loss + (cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl) / group.world
+        share_of_batch = 1 / group.world
+        loss = (reconstruction_loss + cfg.gradient_weight * gradient_loss * share_of_batch
+                + cfg.kl_weight * kl * share_of_batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         group.sum_gradients(vae.parameters())
