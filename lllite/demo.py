@@ -54,19 +54,21 @@ class DemoConfig:
             ``max_train_seconds``, whichever runs out first.
         train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path, timestep_sampling,
             debiased_estimation_loss: the LLLite training recipe (see :class:`lllite.train.TrainConfig`).
-            Measured on the held-out shapes after 5 minutes (about 950 steps) on one core, mean IoU at
-            strength 1: the noise loss alone 0.46, weighted by 1/sqrt(SNR) 0.70, and with the learning
-            rate doubled to 4e-3 0.72; batch 4 and 16, uniform timesteps, no up path, a learning
-            rate of 8e-3 and network_dim 128 all scored lower.
+            Measured on the held-out shapes after 5 minutes (about 950 steps) in one process, mean IoU
+            at strength 1: the noise loss alone 0.46, weighted by 1/sqrt(SNR) 0.70, and with the
+            learning rate doubled to 4e-3 0.72; batch 4 and 16, uniform timesteps, no up path, a
+            learning rate of 8e-3 and network_dim 128 all scored lower. In two processes of batch 8
+            (about 780 steps of 16): 0.75, and 0.67 at a learning rate of 6e-3; two processes of
+            batch 4 made no more steps than one process of batch 8 (0.68).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
         seed: seeds the dataset, the training and the evaluation.
         threads: CPU threads for torch per process; the toy's kernels are too small to gain from
             more, and on a busy machine extra threads make every step several times slower.
         processes: CPU processes that train together (DDP, one per core), each on ``train_batch_size``
-            samples of every step. Two processes of batch 8 draw about 1.8 times the samples per second of
-            one on a 2-core CPU (about 790 steps of batch 16 in 5 minutes). With a CUDA GPU the demo
-            trains in one process on the same total batch.
+            samples of every step. On a 2-core CPU two processes of batch 8 draw about 1.8 times the
+            samples per second of one (776 steps of 16 in 5 minutes, against 1099 of 8). With a CUDA
+            GPU the demo trains in one process on the same total batch.
         overwrite: replace the outputs of an earlier demo in ``out``.
     """
 
