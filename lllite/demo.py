@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import socket
@@ -205,18 +206,26 @@ def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int)
     results = context.SimpleQueue()
     workers = [context.Process(target=_train_process, args=(rank, processes, port, config, pipe, threads, results),
                                name=f"training process {rank}") for rank in range(processes)]
+    failed = None
     try:
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        running = list(workers)
+        # Wait for every process, but not for the others once one has failed: they would wait for it.
+        while running and failed is None:
+            done = multiprocessing.connection.wait([worker.sentinel for worker in running])
+            for worker in [w for w in running if w.sentinel in done]:
+                worker.join()
+                running.remove(worker)
+                if worker.exitcode != 0 and failed is None:
+                    failed = worker
     finally:
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
-    failed = [worker for worker in workers if worker.exitcode != 0]
-    if failed or results.empty():
-        name = failed[0].name if failed else "training process 0"
+                worker.join()
+    if failed is not None or results.empty():
+        name = failed.name if failed is not None else "training process 0"
         raise TrainError(f"{name} failed (see its error above); run with processes=1 to train in this process")
     weights, steps, seconds = results.get()
     shutil.rmtree(Path(config.output_dir) / "cache", ignore_errors=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -71,12 +72,20 @@ def test_the_demo_refuses_zero_processes_or_threads(tmp_path):
             run_demo(quick(tmp_path, **{name: 0}), build_pipeline("test"))
 
 
-def test_a_failing_training_process_is_reported_not_waited_for(tmp_path, monkeypatch):
+def test_a_failing_training_process_is_reported_and_the_others_are_not_waited_for(tmp_path, monkeypatch):
+    import os
+
     import lllite.demo
 
-    def broken(config, pipe):
-        raise RuntimeError("out of memory")
+    train = lllite.demo.train
 
-    monkeypatch.setattr(lllite.demo, "train", broken)  # the forked processes inherit it
-    with pytest.raises(lllite.demo.TrainError, match="training process 0 failed.*processes=1"):
+    def second_process_fails(config, pipe):
+        if os.environ["RANK"] == "1":
+            raise RuntimeError("out of memory")
+        return train(config, pipe)  # waits for the second process to join, which never comes
+
+    monkeypatch.setattr(lllite.demo, "train", second_process_fails)  # the forked processes inherit it
+    started = time.monotonic()
+    with pytest.raises(lllite.demo.TrainError, match="training process 1 failed.*processes=1"):
         run_demo(quick(tmp_path, processes=2), build_pipeline("test"))
+    assert time.monotonic() - started < 60
