@@ -1,7 +1,10 @@
 """Pretrain the toy SDXL on coloured shapes, so that "a red circle" draws a red circle.
 
 Run: ``python -m lllite.toy.pretrain --overwrite`` (about 2 hours and 10 minutes on one core of a 2-core
-AMD EPYC whose other core was busy: VAE 36 minutes, UNet about 90, then the gate). It trains the VAE,
+AMD EPYC whose other core was busy: VAE 36 minutes, UNet about 90, then the gate). ``--processes 2``
+splits every batch over both cores: the VAE then took 23 minutes on the idle machine and the UNet ran
+at 3.2 steps a second, so 16000 steps would take about 85 minutes more (a rate measured over 8000
+steps; no full two-process run was made). It trains the VAE,
 then the UNet together with both text encoders with SDXL's noise objective, writes the pipeline into
 ``lllite/toy/weights`` and prints the quality gate: per colour and shape, the fraction of seeds that
 show a blob of that colour with a plausible size.
@@ -54,7 +57,8 @@ class PretrainConfig:
     edge_band_px: int = 2
     gradient_weight: float = 1.0
     initial_logvar: float = -6.0
-    # 3500 steps drew shapes with soft, warped outlines and let green drift to yellow; 16000 pass the gate.
+    # 3500 steps drew shapes with soft, warped outlines and let green drift to yellow; 8000 (41 minutes
+    # in two processes) still drew green for only 44% to 56% of the seeds; 16000 pass the gate.
     unet_steps: int = 16000
     unet_batch: int = 16
     unet_lr: float = 1e-3
