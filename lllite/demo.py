@@ -67,7 +67,7 @@ class DemoConfig:
         threads: CPU threads for torch per process; the toy's kernels are too small to gain from
             more, and on a busy machine extra threads make every step several times slower.
         processes: CPU processes that train together (DDP, one per core), each on ``train_batch_size``
-            samples of every step. On a 2-core CPU two processes of batch 8 draw about 1.8 times the
+            samples of every step. On a 2-core CPU two processes of batch 8 drew 1.4 to 1.8 times the
             samples per second of one (776 steps of 16 in 5 minutes, against 1099 of 8). With a CUDA
             GPU the demo trains in one process on the same total batch.
         overwrite: replace the outputs of an earlier demo in ``out``.
