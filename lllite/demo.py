@@ -34,7 +34,7 @@ from .files import write_atomic, write_text_atomic
 from .metrics import shape_iou
 from .sampling import generate, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
-from .train import TrainConfig, TrainError, train
+from .train import TrainConfig, TrainError, TrainResult, train
 
 #: What the demo writes into its folder; only these are replaced by ``overwrite``.
 OUTPUTS = ("data", "train", "metrics.json", "comparison.png", "iou_vs_strength.png")
@@ -164,16 +164,6 @@ def plot_iou(strengths, means, stds, path: Path) -> None:
     plt.close(figure)
 
 
-@dataclass
-class _Trained:
-    """What the demo needs of a training run done in other processes."""
-
-    network: object
-    weights: Path
-    steps: int
-    train_seconds: float
-
-
 def _train_process(rank: int, world: int, port: int, config: TrainConfig, pipe, threads: int, results) -> None:
     """One DDP process: the environment ``accelerate launch`` would give it, then the trainer."""
     from accelerate.state import AcceleratorState
@@ -185,13 +175,14 @@ def _train_process(rank: int, world: int, port: int, config: TrainConfig, pipe, 
     AcceleratorState._reset_state(reset_partial_state=True)
     result = train(config, pipe)
     if rank == 0:
-        results.put((str(result.weights), result.steps, result.train_seconds))
+        results.put((str(result.weights), result.steps, result.losses, result.train_seconds, result.stopped_by))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
-def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int) -> _Trained:
-    """Train as one DDP job of ``processes`` forked CPU processes; this process only waits.
+def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int) -> TrainResult:
+    """Train as one DDP job of ``processes`` forked CPU processes; this process only waits, then loads
+    the written network (detached).
 
     Forking shares the loaded pipeline with the children and leaves this process's state (a notebook's
     kernel, say) untouched. The latents are cached to disk once by the first process and read by the others.
@@ -227,9 +218,9 @@ def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int)
     if failed is not None or results.empty():
         name = failed.name if failed is not None else "training process 0"
         raise TrainError(f"{name} failed (see its error above); run with processes=1 to train in this process")
-    weights, steps, seconds = results.get()
+    weights, steps, losses, seconds, stopped_by = results.get()
     shutil.rmtree(Path(config.output_dir) / "cache", ignore_errors=True)
-    return _Trained(lllite.load(weights), Path(weights), steps, seconds)
+    return TrainResult(lllite.load(weights), Path(weights), steps, losses, seconds, stopped_by)
 
 
 def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
