@@ -93,3 +93,28 @@ def test_image_gradients_are_neighbour_differences_and_vanish_on_a_flat_image():
     vertical, horizontal = image_gradients(ramp)
     assert vertical.shape == (1, 1, 2, 4) and horizontal.shape == (1, 1, 3, 3)
     assert torch.equal(vertical, torch.zeros_like(vertical)) and torch.equal(horizontal, torch.ones_like(horizontal))
+
+
+def test_timestep_weights_follow_min_snr_and_debiased_definitions():
+    from lllite.toy.pretrain import timestep_weights
+
+    # SNR 1/3, 1 and 9: alpha_cumprod / (1 - alpha_cumprod).
+    alpha_cumprod = torch.tensor([0.25, 0.5, 0.9])
+    snr = torch.tensor([1 / 3, 1.0, 9.0])
+    assert torch.equal(timestep_weights(alpha_cumprod, "uniform"), torch.ones(3))
+    # Noisy timesteps (SNR below gamma) keep weight 1, clean ones get gamma / SNR.
+    assert torch.allclose(timestep_weights(alpha_cumprod, "min-snr", min_snr_gamma=5.0), torch.tensor([1.0, 1.0, 5 / 9]))
+    assert torch.allclose(timestep_weights(alpha_cumprod, "debiased"), snr.rsqrt())
+
+
+def test_an_unknown_loss_weighting_is_refused_by_name(tmp_path, capsys):
+    assert main([*TINY, "--loss-weighting", "snr", "--out-dir", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "loss_weighting must be one of uniform, min-snr, debiased, got 'snr'" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_min_snr_and_debiased_weightings_run_end_to_end(tmp_path):
+    for weighting in ("min-snr", "debiased"):
+        assert main([*TINY, "--loss-weighting", weighting, "--out-dir", str(tmp_path / weighting)]) == 2
+        assert (tmp_path / weighting / "unet" / "diffusion_pytorch_model.safetensors").is_file()

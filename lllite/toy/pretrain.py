@@ -68,6 +68,11 @@ class PretrainConfig:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # How each sample's noise loss is weighted by its timestep's signal-to-noise ratio: "uniform" (plain
+    # MSE), "min-snr" (min(SNR, min_snr_gamma) / SNR) or "debiased" (1 / sqrt(SNR)). The last two move
+    # the weight towards the noisy timesteps, where an image's colour and layout are decided.
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
     gate_seeds: int = 16
     gate_steps: int = 20
     guidance_scale: float = 5.0
@@ -80,6 +85,25 @@ class PretrainConfig:
     # updates are those of one process up to float rounding; over thousands of steps the rounding
     # grows into other (equally good) weights. The shipped weights come from one process.
     processes: int = 1
+
+
+LOSS_WEIGHTINGS = ("uniform", "min-snr", "debiased")
+
+
+def timestep_weights(alpha_cumprod: torch.Tensor, weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``).
+
+    SNR is ``alpha_cumprod / (1 - alpha_cumprod)``; "min-snr" is Hang et al.'s min(SNR, gamma) / SNR for
+    epsilon prediction (1 on the noisy timesteps, less on the clean ones), "debiased" is 1 / sqrt(SNR).
+    """
+    if weighting == "uniform":
+        return torch.ones_like(alpha_cumprod)
+    snr = alpha_cumprod / (1 - alpha_cumprod)
+    if weighting == "min-snr":
+        return snr.clamp(max=min_snr_gamma) / snr
+    if weighting == "debiased":
+        return snr.rsqrt()
+    raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -285,6 +309,7 @@ def train_unet(
     size = cfg.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
     scaling = pipe.vae.config.scaling_factor
+    alphas_cumprod = noise_scheduler.alphas_cumprod
 
     trained = torch.nn.ModuleList([unet, pipe.text_encoder, pipe.text_encoder_2])
     trained.requires_grad_(True)
@@ -319,7 +344,11 @@ def train_unet(
             encoder_hidden_states=text * keep[:, None, None],
             added_cond_kwargs={"text_embeds": pooled * keep[:, None], "time_ids": time_ids.expand(len(index), 6)},
         ).sample
-        loss = F.mse_loss(prediction, noise)
+        if cfg.loss_weighting == "uniform":
+            loss = F.mse_loss(prediction, noise)
+        else:
+            weight = timestep_weights(alphas_cumprod[timesteps], cfg.loss_weighting, cfg.min_snr_gamma)
+            loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         optimizer.zero_grad(set_to_none=True)
         (loss / group.world).backward()
         group.sum_gradients(trained.parameters())
@@ -409,6 +438,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     With ``cfg.processes > 1`` this process trains as the first of them and forks the others (one
     core each); only this one prints and writes.
     """
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {cfg.loss_weighting!r}")
     if cfg.processes < 1:
         raise ValueError(f"processes must be at least 1, got {cfg.processes}")
     for name in ("vae_batch", "unet_batch"):
