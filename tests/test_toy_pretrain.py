@@ -1,4 +1,4 @@
-"""The pretraining command end to end, at a size that runs in seconds (the real run takes about two hours)."""
+"""The pretraining command end to end, at a size that runs in seconds (the real run takes about an hour)."""
 import torch
 from diffusers import StableDiffusionXLPipeline
 
