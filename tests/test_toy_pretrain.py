@@ -114,7 +114,10 @@ def test_an_unknown_loss_weighting_is_refused_by_name(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
-def test_min_snr_and_debiased_weightings_run_end_to_end(tmp_path):
-    for weighting in ("min-snr", "debiased"):
+def test_each_loss_weighting_trains_its_own_weights(tmp_path):
+    unets = {}
+    for weighting in ("uniform", "min-snr", "debiased"):
         assert main([*TINY, "--loss-weighting", weighting, "--out-dir", str(tmp_path / weighting)]) == 2
-        assert (tmp_path / weighting / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+        unets[weighting] = StableDiffusionXLPipeline.from_pretrained(tmp_path / weighting).unet.state_dict()
+    for a, b in (("uniform", "min-snr"), ("uniform", "debiased"), ("min-snr", "debiased")):
+        assert not all(torch.equal(unets[a][key], unets[b][key]) for key in unets[a]), f"{a} and {b} trained alike"

@@ -57,8 +57,9 @@ class PretrainConfig:
     initial_logvar: float = -6.0
     # Steps the gate needs depend on the loss weighting (below). With the plain noise loss, 3500 steps
     # drew soft, warped outlines and let green drift to yellow, 8000 still drew green for only 44% to 56%
-    # of the seeds, and 16000 passed. With the 1 / sqrt(SNR) weighting 6000 pass (worst caption 94%,
-    # on an earlier run of the same VAE), where min-SNR weighting scored 44% on "a green circle".
+    # of the seeds, and 16000 passed. With the 1 / sqrt(SNR) weighting 6000 pass (worst caption 87.5%
+    # in the shipped run, 94% in a one-process run on the earlier VAE), where min-SNR weighting in that
+    # one-process run left "a green circle" at 44%.
     unet_steps: int = 6000
     unet_batch: int = 16
     unet_lr: float = 1e-3
