@@ -92,20 +92,22 @@ class PretrainConfig:
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "debiased")
 
 
+def _check_loss_weighting(weighting: str) -> None:
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+
+
 def timestep_weights(alpha_cumprod: torch.Tensor, weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
     """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``).
 
     SNR is ``alpha_cumprod / (1 - alpha_cumprod)``; "min-snr" is Hang et al.'s min(SNR, gamma) / SNR for
     epsilon prediction (1 on the noisy timesteps, less on the clean ones), "debiased" is 1 / sqrt(SNR).
     """
+    _check_loss_weighting(weighting)
     if weighting == "uniform":
         return torch.ones_like(alpha_cumprod)
     snr = alpha_cumprod / (1 - alpha_cumprod)
-    if weighting == "min-snr":
-        return snr.clamp(max=min_snr_gamma) / snr
-    if weighting == "debiased":
-        return snr.rsqrt()
-    raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+    return snr.clamp(max=min_snr_gamma) / snr if weighting == "min-snr" else snr.rsqrt()
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -440,8 +442,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     With ``cfg.processes > 1`` this process trains as the first of them and forks the others (one
     core each); only this one prints and writes.
     """
-    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {cfg.loss_weighting!r}")
+    _check_loss_weighting(cfg.loss_weighting)
     if cfg.processes < 1:
         raise ValueError(f"processes must be at least 1, got {cfg.processes}")
     for name in ("vae_batch", "unet_batch"):
