@@ -60,9 +60,9 @@ class DemoConfig:
             5 minutes (about 950 steps) in one process, mean IoU at strength 1: the noise loss alone
             0.46, weighted by 1/sqrt(SNR) 0.70, and with the learning rate doubled to 4e-3 0.72;
             batch 4 and 16, uniform timesteps, no up path, a learning rate of 8e-3 and network_dim
-            128 all scored lower. In two processes of batch 8
-            (about 780 steps of 16): 0.75, and 0.67 at a learning rate of 6e-3; two processes of
-            batch 4 made no more steps than one process of batch 8 (0.68).
+            128 all scored lower. In two processes of batch 8 (about 780 steps of 16): 0.75, and 0.67
+            at a learning rate of 6e-3; two processes of batch 4 made no more steps than one process
+            of batch 8 (0.68).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
         seed: seeds the dataset, the training and the evaluation.
