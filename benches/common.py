@@ -139,8 +139,8 @@ def t2i_adapter_meta() -> nn.Module:
 
 
 def lllite_network(unet: nn.Module, up_path: bool, config: BenchConfig | None = None, seed: int = 1):
-    """kohya's canny dimensions (cond_emb_dim 32, mlp_dim 64), weights filled so no module is a no-op."""
-    network = lllite.create_network(unet, cond_emb_dim=32, mlp_dim=64, up_path=up_path)
+    """kohya's canny dimensions (cond_emb_dim 32, network_dim 64), weights filled so no module is a no-op."""
+    network = lllite.create_network(unet, cond_emb_dim=32, network_dim=64, up_path=up_path)
     if config is not None:
         network = network.to(device=config.device, dtype=config.torch_dtype)
     return fill_weights(network, seed)

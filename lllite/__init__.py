@@ -7,9 +7,10 @@
     network.set_multiplier(0.8)
     image = pipe("a photo of a cat").images[0]
 """
-from .fileformat import LLLiteFileError, load, save
+from .errors import LLLiteError
+from .fileformat import LLLiteFileError
 from .module import LLLiteModule
-from .network import LLLiteNetwork, create_network
+from .network import LLLiteNetwork, create_network, load
 
-__all__ = ["LLLiteFileError", "LLLiteModule", "LLLiteNetwork", "create_network", "load", "save"]
+__all__ = ["LLLiteError", "LLLiteFileError", "LLLiteModule", "LLLiteNetwork", "create_network", "load"]
 __version__ = "0.1.0"

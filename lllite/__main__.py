@@ -6,11 +6,12 @@ import sys
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .fileformat import LLLiteFileError, load
+    from .errors import LLLiteError
+    from .network import load
 
     try:
         network = load(args.file)
-    except (LLLiteFileError, FileNotFoundError) as error:
+    except LLLiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     depths: dict[int, int] = {}
@@ -20,7 +21,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{args.file}")
     print(f"  modules        {len(network)}  (by depth: {', '.join(f'{d}: {n}' for d, n in sorted(depths.items()))})")
     print(f"  cond_emb_dim   {network.cond_emb_dim}")
-    print(f"  mlp_dim        {network.mlp_dim}")
+    print(f"  network_dim    {network.network_dim}")
     print(f"  parameters     {parameters:,}")
     print(f"  up path        {'yes' if network.up_path else 'no'}")
     for key, value in sorted(network.metadata.items()):

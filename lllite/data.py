@@ -29,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .errors import LLLiteError
 from .files import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -48,7 +49,7 @@ CONDITIONING_BACKGROUND = (0, 0, 0)
 ASPECT_TOLERANCE = 0.02
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(LLLiteError):
     """A dataset setting or a dataset TOML file is wrong; the message names the file and the key."""
 
 
@@ -268,7 +269,7 @@ def _settings(path: Path, where: str, table: dict, allowed: set) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-class ImageReadError(Exception):
+class ImageReadError(LLLiteError):
     """A file could not be decoded as an image."""
 
 

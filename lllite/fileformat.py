@@ -2,7 +2,9 @@
 
 A file is a flat state dict ``<module>.<param>`` (safetensors; old ones are ``.pt``/``.ckpt``
 pickles) whose module names are kohya's (see :mod:`lllite.names`). Dimensions are not stored; they
-are read back from the tensor shapes.
+are read back from the tensor shapes. This module knows tensors, modules and names only; the network
+that holds the modules reads and writes its files through it (:func:`lllite.load`,
+:meth:`lllite.LLLiteNetwork.save`).
 """
 from __future__ import annotations
 
@@ -10,15 +12,16 @@ import datetime as _dt
 import json
 import pickle
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import InputMissingError, LLLiteError
 from .files import write_atomic
 from .module import LLLiteModule
-from .names import MODULE_PREFIX
-from .network import LLLiteNetwork
+from .names import MODULE_PREFIX, is_up_path
 
 ARCHITECTURE = "stable-diffusion-xl-v1-base/control-net-lllite"
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
@@ -29,7 +32,7 @@ _PARAMS = {
 }
 
 
-class LLLiteFileError(ValueError):
+class LLLiteFileError(LLLiteError):
     """A file that is not a usable LLLite network; the message names the file and what is wrong."""
 
 
@@ -37,7 +40,7 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, or the tensors of a pickle (never other objects)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no LLLite file at {path}")
+        raise InputMissingError(f"no LLLite file at {path}")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,9 +76,12 @@ def _describe_foreign(keys: list[str]) -> str:
     return f"its first keys are {keys[:3]}"
 
 
-def network_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                            source: str = "state dict", dtype: torch.dtype = torch.float32) -> LLLiteNetwork:
-    """Build a network from kohya-format tensors, reading every dimension from the shapes.
+def modules_from_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> dict[str, LLLiteModule]:
+    """Build the modules of kohya-format tensors (float32, in the file's key order), every dimension read from the shapes.
+
+    Args:
+        state_dict: ``<module>.<param>`` tensors, as in a file.
+        source: how error messages name where the tensors came from (a path).
 
     Raises:
         LLLiteFileError: no LLLite keys, unknown or missing parameters, inconsistent shapes.
@@ -94,9 +100,7 @@ def network_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[
         if param not in _PARAMS:
             raise LLLiteFileError(f"{source}: unknown parameter {key!r} (expected one of {sorted(_PARAMS)})")
         grouped.setdefault(name, {})[param] = state_dict[key]
-    modules = {name: _module_from_tensors(name, tensors, source) for name, tensors in grouped.items()}
-    network = LLLiteNetwork(modules, metadata).to(dtype)
-    return network
+    return {name: _module_from_tensors(name, tensors, source) for name, tensors in grouped.items()}
 
 
 def _module_from_tensors(name: str, tensors: dict[str, torch.Tensor], source: str) -> LLLiteModule:
@@ -108,13 +112,13 @@ def _module_from_tensors(name: str, tensors: dict[str, torch.Tensor], source: st
     if down.dim() != 2 or first.dim() != 4:
         raise LLLiteFileError(f"{source}: module {name!r} has malformed tensors "
                               f"(down.0.weight {tuple(down.shape)}, conditioning1.0.weight {tuple(first.shape)})")
-    mlp_dim, in_dim = down.shape
+    network_dim, in_dim = down.shape
     cond_emb_dim = 2 * first.shape[0]
     if "conditioning1.4.weight" in tensors:
         depth = 3
     else:
         depth = 2 if tensors["conditioning1.2.weight"].shape[-1] == 4 else 1
-    module = LLLiteModule(in_dim, cond_emb_dim, mlp_dim, depth)
+    module = LLLiteModule(in_dim, cond_emb_dim, network_dim, depth)
     expected = module.state_dict()
     for param, tensor in tensors.items():
         if param not in expected:
@@ -122,7 +126,7 @@ def _module_from_tensors(name: str, tensors: dict[str, torch.Tensor], source: st
         if tuple(tensor.shape) != tuple(expected[param].shape):
             raise LLLiteFileError(
                 f"{source}: module {name!r} parameter {param!r} has shape {tuple(tensor.shape)}, expected "
-                f"{tuple(expected[param].shape)} for in_dim={in_dim}, cond_emb_dim={cond_emb_dim}, mlp_dim={mlp_dim}"
+                f"{tuple(expected[param].shape)} for in_dim={in_dim}, cond_emb_dim={cond_emb_dim}, network_dim={network_dim}"
             )
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -131,54 +135,49 @@ def _module_from_tensors(name: str, tensors: dict[str, torch.Tensor], source: st
     return module
 
 
-def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LLLiteNetwork:
-    """Read a kohya-format LLLite file (fp16, bf16 or fp32; safetensors, or a tensors-only pickle).
-
-    Args:
-        path: the ``.safetensors`` file (``.pt``/``.ckpt`` are read with ``weights_only=True``).
-        dtype: dtype of the returned network's parameters.
-        device: where to put them.
-
-    Returns the network in eval mode, ready for inference; call ``.train()`` to fine-tune it.
-    """
-    tensors, metadata = read_state_dict(path)
-    return network_from_state_dict(tensors, metadata, source=str(path), dtype=dtype).to(device).eval()
+def _common(modules: Mapping[str, LLLiteModule], attr: str) -> int | None:
+    values = {getattr(m, attr) for m in modules.values()}
+    return values.pop() if len(values) == 1 else None
 
 
-def default_metadata(network: LLLiteNetwork) -> dict[str, str]:
-    depths = sorted({m.depth for _, m in network.lllite_modules()})
+def default_metadata(modules: Mapping[str, LLLiteModule]) -> dict[str, str]:
+    """What every file we write says of its modules: modelspec architecture and dimensions."""
+    depths = sorted({m.depth for m in modules.values()})
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": ARCHITECTURE,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-        "lllite.cond_emb_dim": str(network.cond_emb_dim),
-        "lllite.mlp_dim": str(network.mlp_dim),
-        "lllite.modules": str(len(network)),
+        "lllite.cond_emb_dim": str(_common(modules, "cond_emb_dim")),
+        "lllite.mlp_dim": str(_common(modules, "network_dim")),
+        "lllite.modules": str(len(modules)),
         "lllite.depths": ",".join(map(str, depths)),
-        "lllite.up_path": str(network.up_path).lower(),
+        "lllite.up_path": str(any(is_up_path(name) for name in modules)).lower(),
     }
 
 
-def save(network: LLLiteNetwork, path, dtype: torch.dtype | None = torch.float16, metadata: dict | None = None,
-         overwrite: bool = False) -> Path:
-    """Write ``network`` as a kohya-format safetensors file, atomically.
+def save(modules: Mapping[str, LLLiteModule], path, dtype: torch.dtype | None = torch.float16,
+         metadata: Mapping[str, object] | None = None, overwrite: bool = False) -> Path:
+    """Write ``modules`` as a kohya-format safetensors file, atomically.
 
     Args:
+        modules: kohya module name -> module.
         path: destination (``.safetensors``).
-        dtype: dtype of the stored tensors (the published files are fp16); None keeps the network's.
-        metadata: extra string metadata (other values are stored as JSON); it overrides the
-            network's own metadata and the defaults (modelspec architecture, dimensions).
-        overwrite: replace an existing file; otherwise an existing file raises FileExistsError.
+        dtype: dtype of the stored tensors (the published files are fp16); None keeps the modules'.
+        metadata: string metadata (other values are stored as JSON); it overrides the defaults
+            (modelspec architecture, dimensions).
+        overwrite: replace an existing file; otherwise an existing file raises
+            :class:`lllite.errors.OutputExistsError`.
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"{path}: LLLite files are written as .safetensors")
+        raise LLLiteFileError(f"{path}: LLLite files are written as .safetensors")
     tensors = {
-        key: (value if dtype is None else value.to(dtype)).detach().to("cpu").contiguous()
-        for key, value in network.state_dict().items()
+        f"{name}.{key}": (value if dtype is None else value.to(dtype)).detach().to("cpu").contiguous()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
     }
-    merged = {**network.metadata, **default_metadata(network)}
+    merged = default_metadata(modules)
     for key, value in (metadata or {}).items():
         merged[str(key)] = value if isinstance(value, str) else json.dumps(value)
     return write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=merged), overwrite)

@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
+from .errors import OutputExistsError
+
 
 def write_atomic(path, write: Callable[[Path], object], overwrite: bool = True) -> Path:
     """Call ``write(temporary)`` for a temporary file beside ``path``, then rename it onto ``path``.
@@ -21,15 +23,15 @@ def write_atomic(path, write: Callable[[Path], object], overwrite: bool = True) 
         path: the file to write; missing parent folders are made.
         write: writes the whole content to the path it is given (the file already exists, empty). The
             temporary name ends with ``path``'s suffix, for writers that choose a format by it.
-        overwrite: replace an existing ``path``; otherwise an existing ``path`` raises FileExistsError
-            before anything is written.
+        overwrite: replace an existing ``path``; otherwise an existing ``path`` raises
+            :class:`lllite.errors.OutputExistsError` (a ``FileExistsError``) before anything is written.
 
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
     """
     path = Path(path)
     if not overwrite and path.exists():
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Hidden (leading dot), so that dataset folders never pair a leftover; the suffix keeps the format.
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")

@@ -33,17 +33,18 @@ class LLLiteModule(nn.Module):
     Args:
         in_dim: the target Linear's ``in_features``.
         cond_emb_dim: channels E of the conditioning embedding (even; 32 in kohya's canny model).
-        mlp_dim: width M of the down/mid projections (kohya's ``network_dim``; 64 for canny).
+        network_dim: width M of the down/mid projections (kohya's training option ``network_dim``; its module
+            code and Anima's file metadata call it ``mlp_dim``; 64 for canny).
         depth: 1, 2 or 3, the resolution level of the target's block (latent, /2, /4).
         zero_init: zero ``up`` (weight and bias) so that a fresh module changes nothing.
     """
 
-    def __init__(self, in_dim: int, cond_emb_dim: int = 32, mlp_dim: int = 64, depth: int = 1, zero_init: bool = True):
+    def __init__(self, in_dim: int, cond_emb_dim: int = 32, network_dim: int = 64, depth: int = 1, zero_init: bool = True):
         super().__init__()
         if cond_emb_dim < 2 or cond_emb_dim % 2:
             raise ValueError(f"cond_emb_dim must be an even number >= 2, got {cond_emb_dim}")
-        if mlp_dim < 1 or in_dim < 1:
-            raise ValueError(f"mlp_dim and in_dim must be positive, got mlp_dim={mlp_dim}, in_dim={in_dim}")
+        if network_dim < 1 or in_dim < 1:
+            raise ValueError(f"network_dim and in_dim must be positive, got network_dim={network_dim}, in_dim={in_dim}")
         if depth not in (1, 2, 3):
             raise ValueError(f"depth must be 1, 2 or 3, got {depth}")
         half = cond_emb_dim // 2
@@ -56,10 +57,10 @@ class LLLiteModule(nn.Module):
             layers += [nn.Conv2d(half, half, kernel_size=4, stride=4), nn.ReLU(),
                        nn.Conv2d(half, cond_emb_dim, kernel_size=2, stride=2)]
         self.conditioning1 = nn.Sequential(*layers)
-        self.down = nn.Sequential(nn.Linear(in_dim, mlp_dim), nn.ReLU())
-        self.mid = nn.Sequential(nn.Linear(mlp_dim + cond_emb_dim, mlp_dim), nn.ReLU())
-        self.up = nn.Sequential(nn.Linear(mlp_dim, in_dim))
-        self.in_dim, self.cond_emb_dim, self.mlp_dim, self.depth = in_dim, cond_emb_dim, mlp_dim, depth
+        self.down = nn.Sequential(nn.Linear(in_dim, network_dim), nn.ReLU())
+        self.mid = nn.Sequential(nn.Linear(network_dim + cond_emb_dim, network_dim), nn.ReLU())
+        self.up = nn.Sequential(nn.Linear(network_dim, in_dim))
+        self.in_dim, self.cond_emb_dim, self.network_dim, self.depth = in_dim, cond_emb_dim, network_dim, depth
         if zero_init:
             nn.init.zeros_(self.up[0].weight)
             nn.init.zeros_(self.up[0].bias)
@@ -84,4 +85,4 @@ class LLLiteModule(nn.Module):
         return self.up(self.mid(torch.cat([cond_emb, self.down(x)], dim=-1)))
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, cond_emb_dim={self.cond_emb_dim}, mlp_dim={self.mlp_dim}, depth={self.depth}"
+        return f"in_dim={self.in_dim}, cond_emb_dim={self.cond_emb_dim}, network_dim={self.network_dim}, depth={self.depth}"

@@ -69,6 +69,11 @@ def sgm_to_diffusers(path: str, num_levels: int = 3, layers_per_block: int = 2) 
     return f"{block.diffusers}.{rest}"
 
 
+def is_up_path(name: str) -> bool:
+    """Whether a kohya module name adapts a block of the up path (``output_blocks``)."""
+    return name.startswith(MODULE_PREFIX + "output_blocks_")
+
+
 def module_name(sgm_path: str) -> str:
     """kohya's module name (the key prefix in LLLite files) for a target Linear's SGM path."""
     return MODULE_PREFIX + sgm_path.replace(".", "_")

@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fileformat
 from .images import to_control_tensor
 from .module import LLLiteModule, conditioning_stride, token_grid
-from .names import MODULE_PREFIX, Target, find_targets
+from .names import Target, find_targets, is_up_path
 
 _MAX_STRIDE = conditioning_stride(3)
 
@@ -102,7 +103,7 @@ class LLLiteNetwork(nn.Module):
             self.add_module(name, module)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.multiplier = 1.0
-        self.guidance_start, self.guidance_end = 0.0, 1.0
+        self.control_guidance_start, self.control_guidance_end = 0.0, 1.0
         self._image: torch.Tensor | None = None
         self._image_version = 0
         self._latent_size: tuple[int, int] | None = None
@@ -128,22 +129,22 @@ class LLLiteNetwork(nn.Module):
         return self._common("cond_emb_dim")
 
     @property
-    def mlp_dim(self) -> int | None:
-        """M shared by every module (kohya's network_dim; None if the modules differ)."""
-        return self._common("mlp_dim")
+    def network_dim(self) -> int | None:
+        """M, the width of ``down``/``mid``, shared by every module (None if the modules differ)."""
+        return self._common("network_dim")
 
     @property
     def up_path(self) -> bool:
         """Whether any module adapts the up path (kohya's default networks have none)."""
-        return any(name.startswith(MODULE_PREFIX + "output_blocks_") for name, _ in self.lllite_modules())
+        return any(is_up_path(name) for name, _ in self.lllite_modules())
 
     @property
     def is_attached(self) -> bool:
         return self._attachment is not None
 
     def extra_repr(self) -> str:
-        return (f"{len(self)} modules, cond_emb_dim={self.cond_emb_dim}, mlp_dim={self.mlp_dim}, "
-                f"multiplier={self.multiplier}, steps=[{self.guidance_start}, {self.guidance_end}]")
+        return (f"{len(self)} modules, cond_emb_dim={self.cond_emb_dim}, network_dim={self.network_dim}, "
+                f"multiplier={self.multiplier}, steps=[{self.control_guidance_start}, {self.control_guidance_end}]")
 
     def __repr__(self) -> str:  # 136 child reprs help nobody
         return f"LLLiteNetwork({self.extra_repr()})"
@@ -176,18 +177,19 @@ class LLLiteNetwork(nn.Module):
             raise ValueError(f"multiplier must be a finite number, got {multiplier}")
         self.multiplier = multiplier
 
-    def set_step_range(self, start: float = 0.0, end: float = 1.0) -> None:
+    def set_step_range(self, control_guidance_start: float = 0.0, control_guidance_end: float = 1.0) -> None:
         """Apply the control only between these fractions of the denoising steps.
 
-        The same rule as diffusers' ``control_guidance_start/end``: step ``i`` of ``n`` is controlled
-        when ``i / n >= start`` and ``(i + 1) / n <= end``. Steps are counted on the scheduler's
-        timesteps when the network was applied to a pipeline; applied to a bare UNet, the fraction
-        is read from the timestep (``1 - t / 1000``).
+        Named and counted as diffusers' ``control_guidance_start/end``: step ``i`` of ``n`` is
+        controlled when ``i / n >= control_guidance_start`` and ``(i + 1) / n <= control_guidance_end``.
+        Steps are counted on the scheduler's timesteps when the network was applied to a pipeline;
+        applied to a bare UNet, the fraction is read from the timestep (``1 - t / 1000``).
         """
-        start, end = float(start), float(end)
+        start, end = float(control_guidance_start), float(control_guidance_end)
         if not 0.0 <= start < end <= 1.0:
-            raise ValueError(f"step range must satisfy 0 <= start < end <= 1, got start={start}, end={end}")
-        self.guidance_start, self.guidance_end = start, end
+            raise ValueError("the step range (control_guidance_start, control_guidance_end) must satisfy "
+                             f"0 <= start < end <= 1, got start={start}, end={end}")
+        self.control_guidance_start, self.control_guidance_end = start, end
 
     # ------------------------------------------------------------------ attaching
     def apply_to(self, target) -> "LLLiteNetwork":
@@ -269,16 +271,16 @@ class LLLiteNetwork(nn.Module):
 
     # ------------------------------------------------------------------ the hooked computation
     def _in_step_range(self, timestep) -> bool:
-        if (self.guidance_start, self.guidance_end) == (0.0, 1.0):
+        if (self.control_guidance_start, self.control_guidance_end) == (0.0, 1.0):
             return True  # without reading the timestep, which would wait for the GPU
         timestep = float(torch.as_tensor(timestep).flatten()[0])
         timesteps = getattr(self._attachment.scheduler, "timesteps", None)
         if timesteps is not None and len(timesteps):
             steps = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
             i, n = int((steps - timestep).abs().argmin()), len(steps)
-            return i / n >= self.guidance_start and (i + 1) / n <= self.guidance_end
+            return i / n >= self.control_guidance_start and (i + 1) / n <= self.control_guidance_end
         progress = 1.0 - timestep / 1000.0
-        return self.guidance_start <= progress <= self.guidance_end
+        return self.control_guidance_start <= progress <= self.control_guidance_end
 
     def _prepared_image(self, device: torch.device, dtype: torch.dtype) -> tuple[tuple, torch.Tensor]:
         """The control image at the generated image's pixel size, padded to a multiple of 32.
@@ -340,13 +342,41 @@ class LLLiteNetwork(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, path, dtype: torch.dtype | None = torch.float16, metadata: dict | None = None,
              overwrite: bool = False) -> Path:
-        """Write a kohya-format LLLite file (safetensors) and return its path; see :func:`lllite.fileformat.save`."""
-        from .fileformat import save
+        """Write a kohya-format LLLite file (safetensors), atomically, and return its path.
 
-        return save(self, path, dtype=dtype, metadata=metadata, overwrite=overwrite)
+        Args:
+            path: destination (``.safetensors``).
+            dtype: dtype of the stored tensors (the published files are fp16); None keeps the network's.
+            metadata: extra string metadata (other values are stored as JSON); it overrides the
+                network's own metadata and the defaults (modelspec architecture, dimensions).
+            overwrite: replace an existing file; otherwise an existing file raises
+                :class:`lllite.errors.OutputExistsError`.
+        """
+        modules = dict(self.lllite_modules())
+        merged = {**self.metadata, **fileformat.default_metadata(modules), **(metadata or {})}
+        return fileformat.save(modules, path, dtype=dtype, metadata=merged, overwrite=overwrite)
 
 
-def create_network(unet: nn.Module, cond_emb_dim: int = 32, mlp_dim: int = 64, up_path: bool = False,
+def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LLLiteNetwork:
+    """Read a kohya-format LLLite file (fp16, bf16 or fp32; safetensors, or a tensors-only pickle).
+
+    Args:
+        path: the ``.safetensors`` file (``.pt``/``.ckpt`` are read with ``weights_only=True``).
+        dtype: dtype of the returned network's parameters.
+        device: where to put them.
+
+    Returns the network in eval mode, ready for inference; call ``.train()`` to fine-tune it.
+
+    Raises:
+        lllite.fileformat.LLLiteFileError: not a usable LLLite file (the message says why).
+        lllite.errors.InputMissingError: no file at ``path``.
+    """
+    tensors, metadata = fileformat.read_state_dict(path)
+    modules = fileformat.modules_from_state_dict(tensors, source=str(path))
+    return LLLiteNetwork(modules, metadata).to(device=device, dtype=dtype).eval()
+
+
+def create_network(unet: nn.Module, cond_emb_dim: int = 32, network_dim: int = 64, up_path: bool = False,
                    zero_init: bool = True) -> LLLiteNetwork:
     """A fresh, trainable LLLite network for an SDXL-layout UNet (not yet attached).
 
@@ -354,7 +384,7 @@ def create_network(unet: nn.Module, cond_emb_dim: int = 32, mlp_dim: int = 64, u
         unet: diffusers ``UNet2DConditionModel`` with SDXL's block layout (real SDXL or smaller);
             a UNet on the ``meta`` device works.
         cond_emb_dim: channels of the conditioning embedding (kohya's ``cond_emb_dim``, 32 for canny).
-        mlp_dim: width of the down/mid projections (kohya's ``network_dim``, 64 for canny).
+        network_dim: width of the down/mid projections (kohya's ``network_dim``, 64 for canny).
         up_path: also adapt the up path's transformer blocks (kohya's default is the down path and
             the middle: 136 modules on SDXL).
         zero_init: zero the ``up`` projections so that the fresh network changes nothing.
@@ -363,7 +393,7 @@ def create_network(unet: nn.Module, cond_emb_dim: int = 32, mlp_dim: int = 64, u
     if not targets:
         raise ValueError("the UNet has no transformer blocks to adapt")
     modules = {
-        name: LLLiteModule(t.in_features, cond_emb_dim, mlp_dim, t.depth, zero_init=zero_init)
+        name: LLLiteModule(t.in_features, cond_emb_dim, network_dim, t.depth, zero_init=zero_init)
         for name, t in targets.items()
     }
     return LLLiteNetwork(modules)

@@ -291,17 +291,17 @@ class ShapeRow:
     shape: tuple[int, ...]
 
 
-def module_shapes(depth: int, in_dim: int, image_size: int = 1024, cond_emb_dim: int = 32, mlp_dim: int = 64) -> list[ShapeRow]:
+def module_shapes(depth: int, in_dim: int, image_size: int = 1024, cond_emb_dim: int = 32, network_dim: int = 64) -> list[ShapeRow]:
     """Every layer of one LLLite module with the shape it outputs, for a batch of one (traced on the meta device).
 
     Args:
         depth: 1, 2 or 3 (the block's resolution level: latent, /2, /4).
         in_dim: the target Linear's width (SDXL: 640 at depth 2, 1280 at depth 3).
         image_size: side of the square control image in pixels.
-        cond_emb_dim, mlp_dim: E and M.
+        cond_emb_dim, network_dim: E and M.
     """
     with torch.device("meta"):
-        module = LLLiteModule(in_dim, cond_emb_dim, mlp_dim, depth)
+        module = LLLiteModule(in_dim, cond_emb_dim, network_dim, depth)
         x = torch.empty(1, 3, image_size, image_size)
         rows = [ShapeRow("control image", "RGB in [-1, 1]", tuple(x.shape))]
         for index, layer in enumerate(module.conditioning1):
@@ -332,24 +332,24 @@ def module_shapes_table(depth: int, image_size: int = 1024):
     return markdown_table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
 
 
-def parameter_counts(cond_emb_dim: int = 32, mlp_dim: int = 64) -> dict[str, int]:
+def parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dict[str, int]:
     """Parameters of SDXL's UNet, of a full SDXL ControlNet and of kohya's default LLLite, from configs alone."""
-    return dict(_parameter_counts(cond_emb_dim, mlp_dim))
+    return dict(_parameter_counts(cond_emb_dim, network_dim))
 
 
 @functools.lru_cache(maxsize=32)
-def _parameter_counts(cond_emb_dim: int, mlp_dim: int) -> tuple[tuple[str, int], ...]:
+def _parameter_counts(cond_emb_dim: int, network_dim: int) -> tuple[tuple[str, int], ...]:
     # Cached: the answer depends on the two dimensions only, and a slider asks again for the same ones.
     from diffusers import ControlNetModel
 
     unet = sdxl_unet("meta")
     with torch.device("meta"):
         controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
-        network = create_network(unet, cond_emb_dim=cond_emb_dim, mlp_dim=mlp_dim)
+        network = create_network(unet, cond_emb_dim=cond_emb_dim, network_dim=network_dim)
     return (
         ("SDXL UNet", sum(p.numel() for p in unet.parameters())),
         ("ControlNet (SDXL)", sum(p.numel() for p in controlnet.parameters())),
-        (f"LLLite ({len(network)} modules, E={cond_emb_dim}, M={mlp_dim})", sum(p.numel() for p in network.parameters())),
+        (f"LLLite ({len(network)} modules, E={cond_emb_dim}, M={network_dim})", sum(p.numel() for p in network.parameters())),
     )
 
 
@@ -459,12 +459,12 @@ INITS = {
 }
 
 
-def fresh_network(unet, init: str, seed: int = 0, cond_emb_dim: int = 32, mlp_dim: int = 64):
+def fresh_network(unet, init: str, seed: int = 0, cond_emb_dim: int = 32, network_dim: int = 64):
     """A new network started one of the :data:`INITS` ways (seeded)."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
     torch.manual_seed(seed)
-    network = create_network(unet, cond_emb_dim=cond_emb_dim, mlp_dim=mlp_dim, zero_init=init == "zero up (weight and bias)")
+    network = create_network(unet, cond_emb_dim=cond_emb_dim, network_dim=network_dim, zero_init=init == "zero up (weight and bias)")
     if init == "kohya: zero up weight only":
         for _, module in network.lllite_modules():
             torch.nn.init.zeros_(module.up[0].weight)

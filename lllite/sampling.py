@@ -49,7 +49,8 @@ def _networks(networks) -> list[LLLiteNetwork]:
 @contextmanager
 def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, strengths: list[float], start: float, end: float):
     """Attach (if needed) and set up each network for one generation; restore everything after."""
-    saved = [(n.cond_image, n.multiplier, n.guidance_start, n.guidance_end, n.is_attached, n.training) for n in networks]
+    saved = [(n.cond_image, n.multiplier, n.control_guidance_start, n.control_guidance_end, n.is_attached, n.training)
+             for n in networks]
     try:
         for network, control, strength in zip(networks, controls, strengths):
             if not network.is_attached:
@@ -62,8 +63,8 @@ def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, strengths: 
     finally:
         for network, (image, multiplier, old_start, old_end, attached, training) in zip(networks, saved):
             network.set_cond_image(image)
-            network.multiplier = multiplier
-            network.guidance_start, network.guidance_end = old_start, old_end
+            network.set_multiplier(multiplier)
+            network.set_step_range(old_start, old_end)
             network.train(training)
             if not attached:
                 network.remove()

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
                    load_dataset_config, read_toml)
+from .errors import LLLiteError
 from .files import write_atomic
 from .names import find_targets
 from .network import LLLiteNetwork, create_network
@@ -52,7 +53,7 @@ SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch
 TOY_MODEL = "toy"
 
 
-class TrainError(ValueError):
+class TrainError(LLLiteError):
     """A setting, model or dataset that training cannot use; the message says which and what to do."""
 
 

@@ -97,9 +97,9 @@ print(f"the ControlNet has {counts['ControlNet (SDXL)'] / lllite_count:.0f}x the
 # %%
 from ipywidgets import IntSlider
 
-LiveView(lambda cond_emb_dim, mlp_dim: plot_parameter_counts(parameter_counts(cond_emb_dim, mlp_dim)),
+LiveView(lambda cond_emb_dim, network_dim: plot_parameter_counts(parameter_counts(cond_emb_dim, network_dim)),
          cond_emb_dim=IntSlider(value=32, min=8, max=128, step=8, description="E", continuous_update=False),
-         mlp_dim=IntSlider(value=64, min=8, max=256, step=8, description="M", continuous_update=False))
+         network_dim=IntSlider(value=64, min=8, max=256, step=8, description="M", continuous_update=False))
 
 # %% [markdown]
 # ## What the embedding sees

@@ -132,7 +132,7 @@ LiveView(lambda index: open_picture(grids[index]),
 import lllite
 
 network = lllite.load(result.weights)
-markdown_table([("modules", len(network)), ("cond_emb_dim", network.cond_emb_dim), ("network_dim", network.mlp_dim),
+markdown_table([("modules", len(network)), ("cond_emb_dim", network.cond_emb_dim), ("network_dim", network.network_dim),
                 ("parameters", f"{sum(p.numel() for p in network.parameters()):,}"),
                 *((f"`{key}`", network.metadata[key]) for key in ("ss_network_module", "ss_steps", "ss_sd_model_name"))],
                ["", "value"])

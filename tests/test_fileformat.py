@@ -56,10 +56,10 @@ def test_a_loaded_network_is_ready_for_inference(network, tmp_path):
 
 def test_dimensions_and_depths_are_read_from_the_tensors(tmp_path):
     unet = make_tiny_unet()
-    network = lllite.create_network(unet, cond_emb_dim=16, mlp_dim=24, up_path=True)
+    network = lllite.create_network(unet, cond_emb_dim=16, network_dim=24, up_path=True)
     network.save(tmp_path / "n.safetensors")
     loaded = lllite.load(tmp_path / "n.safetensors")
-    assert (loaded.cond_emb_dim, loaded.mlp_dim, len(loaded)) == (16, 24, len(network))
+    assert (loaded.cond_emb_dim, loaded.network_dim, len(loaded)) == (16, 24, len(network))
     for (name, module), (_, original) in zip(loaded.lllite_modules(), network.lllite_modules()):
         assert (module.in_dim, module.depth) == (original.in_dim, original.depth), name
 

@@ -8,7 +8,7 @@ from lllite.module import conditioning_stride, token_grid
 
 @pytest.mark.parametrize("depth, stride", [(1, 8), (2, 16), (3, 32)])
 def test_embedding_has_one_token_per_cell_of_the_blocks_grid(depth, stride):
-    module = LLLiteModule(in_dim=40, cond_emb_dim=8, mlp_dim=6, depth=depth)
+    module = LLLiteModule(in_dim=40, cond_emb_dim=8, network_dim=6, depth=depth)
     image = torch.rand(2, 3, 128, 96) * 2 - 1
     grid = (128 // stride, 96 // stride)
     assert conditioning_stride(depth) == stride
@@ -17,7 +17,7 @@ def test_embedding_has_one_token_per_cell_of_the_blocks_grid(depth, stride):
 
 def test_module_matches_the_plain_formula():
     torch.manual_seed(0)
-    module = LLLiteModule(in_dim=10, cond_emb_dim=4, mlp_dim=6, depth=1, zero_init=False)
+    module = LLLiteModule(in_dim=10, cond_emb_dim=4, network_dim=6, depth=1, zero_init=False)
     image = torch.rand(1, 3, 16, 24) * 2 - 1
     x = torch.randn(1, 2 * 3, 10)
     emb = module.embed(image, (2, 3))
@@ -34,14 +34,14 @@ def test_module_matches_the_plain_formula():
 
 
 def test_fresh_module_changes_nothing():
-    module = LLLiteModule(in_dim=10, cond_emb_dim=4, mlp_dim=6, depth=2)
+    module = LLLiteModule(in_dim=10, cond_emb_dim=4, network_dim=6, depth=2)
     emb = torch.randn(3, 5, 4)
     assert torch.equal(module(torch.randn(3, 5, 10), emb), torch.zeros(3, 5, 10))
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_parameter_names_are_kohyas(depth):
-    names = set(LLLiteModule(in_dim=10, cond_emb_dim=4, mlp_dim=6, depth=depth).state_dict())
+    names = set(LLLiteModule(in_dim=10, cond_emb_dim=4, network_dim=6, depth=depth).state_dict())
     conv = {"conditioning1.0", "conditioning1.2"} | ({"conditioning1.4"} if depth == 3 else set())
     layers = conv | {"down.0", "mid.0", "up.0"}
     assert names == {f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")}

@@ -121,7 +121,7 @@ def test_sizes_that_are_not_multiples_of_32_run(tiny_unet, network, pixels):
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_at_odd_sizes_each_token_reads_the_pixels_under_its_cell(depth):
     # the control must stay spatially aligned with the latent: a pixel changes only its own cell's token
-    module = lllite.LLLiteModule(in_dim=8, cond_emb_dim=32, mlp_dim=4, depth=depth, zero_init=False)
+    module = lllite.LLLiteModule(in_dim=8, cond_emb_dim=32, network_dim=4, depth=depth, zero_init=False)
     network = lllite.LLLiteNetwork({"m": module})
     latent = (13, 9)
     network._latent_size = latent
@@ -154,7 +154,7 @@ def test_control_image_of_another_size_is_resized_to_the_generated_image(tiny_un
 
 def test_two_networks_add_their_changes_to_the_original_input(tiny_unet):
     a = randomize(lllite.create_network(tiny_unet), seed=1)
-    b = randomize(lllite.create_network(tiny_unet, cond_emb_dim=8, mlp_dim=16), seed=2)
+    b = randomize(lllite.create_network(tiny_unet, cond_emb_dim=8, network_dim=16), seed=2)
     image_a, image_b = control(seed=1), control(seed=2)
     with KohyaReference(tiny_unet, (a.state_dict(), image_a, 1.0), (b.state_dict(), image_b, 0.7)):
         expected = run(tiny_unet)

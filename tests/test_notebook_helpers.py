@@ -157,7 +157,7 @@ def test_module_shapes_follow_the_depth_downscale_to_the_token_grid():
     rows = {row.part: row.shape for row in module_shapes(3, 1280, image_size=1024)}
     assert rows["conditioning1.4"] == (1, 32, 32, 32)
     assert rows["cond_emb"] == (1, 1024, 32) and rows["cat"] == (1, 1024, 96) and rows["up.0"] == (1, 1024, 1280)
-    shallow = {row.part: row.shape for row in module_shapes(1, 320, image_size=512, cond_emb_dim=16, mlp_dim=8)}
+    shallow = {row.part: row.shape for row in module_shapes(1, 320, image_size=512, cond_emb_dim=16, network_dim=8)}
     assert shallow["cond_emb"] == (1, 64 * 64, 16) and shallow["down.0"] == (1, 4096, 8) and "conditioning1.4" not in shallow
 
 
@@ -194,7 +194,7 @@ def test_attachment_table_lists_sdxls_five_adapted_blocks_and_136_modules():
 
 def test_embedding_channels_show_one_tile_per_channel():
     torch.manual_seed(0)
-    module = LLLiteModule(16, cond_emb_dim=8, mlp_dim=4, depth=1)
+    module = LLLiteModule(16, cond_emb_dim=8, network_dim=4, depth=1)
     picture = embedding_channels(module, canny(render_sample(0, size=64).image), cell=20, columns=4)
     assert picture.width >= 4 * 20 and picture.height >= 2 * 20
     assert picture.width < 5 * 20 + 4 * 10  # four columns, not eight
@@ -300,7 +300,7 @@ def test_find_weights_prefers_the_users_file_then_the_first_trained_one(tmp_path
 def test_the_control_view_shows_control_without_and_with_and_refuses_an_empty_step_range(pipe):
     import lllite
 
-    network = lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8)
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8)
     control = canny(render_sample(0, size=64).image)
     picture = control_view(pipe, network, control, "a red circle", 0.5, (0.2, 0.8), 3, num_inference_steps=2)
     parameters = json.loads(picture.info["parameters"])
@@ -321,7 +321,7 @@ def test_unused_path_never_points_at_an_existing_file(tmp_path):
 def test_fidelity_by_strength_scores_every_sample_at_every_strength(pipe):
     import lllite
 
-    network = lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8)
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8)
     samples = eval_samples(2, size=64)
     curve = fidelity_by_strength(pipe, network, samples, strengths=(0.0, 1.0), num_inference_steps=2, progress=False)
     assert curve.strengths == [0.0, 1.0]

@@ -20,7 +20,7 @@ def pipe():
 
 @pytest.fixture
 def network(pipe):
-    return randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8), scale=0.3)
+    return randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8), scale=0.3)
 
 
 def edges(seed, size=(SIZE, SIZE)):

@@ -26,7 +26,7 @@ def pipe():
 
 @pytest.fixture
 def network(pipe):
-    return randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8), scale=0.3)
+    return randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8), scale=0.3)
 
 
 def control(index: int = 0) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_generate_leaves_the_network_as_it_found_it(pipe, network):
 
 
 def test_two_networks_at_once_and_one_switched_off_equal_the_other_alone(pipe, network):
-    other = randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, mlp_dim=8), seed=1, scale=0.3)
+    other = randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8), seed=1, scale=0.3)
     both = generate(pipe, [network, other], [control(0), control(1)], "a blue square", num_inference_steps=STEPS,
                     strength=[1.0, 0.0])[0]
     alone = generate(pipe, network, control(0), "a blue square", num_inference_steps=STEPS, strength=1.0)[0]

@@ -48,7 +48,7 @@ def test_training_writes_a_kohya_file_with_metadata_a_loss_plot_and_validation_g
     assert result.steps == 4 and len(result.losses) == 4 and result.stopped_by == "max_train_steps"
     assert result.weights == tmp_path / "lllite.safetensors"
     loaded = lllite.load(result.weights)
-    assert (loaded.cond_emb_dim, loaded.mlp_dim, len(loaded)) == (8, 8, 12)
+    assert (loaded.cond_emb_dim, loaded.network_dim, len(loaded)) == (8, 8, 12)
     assert loaded.metadata["ss_steps"] == "4"
     assert loaded.metadata["ss_network_dim"] == "8"
     assert loaded.metadata["ss_num_train_images"] == "8"
