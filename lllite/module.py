@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def conditioning_stride(depth: int) -> int:
@@ -79,6 +80,14 @@ class LLLiteModule(nn.Module):
                 f"smaller than the block's {grid} token grid"
             )
         return emb.flatten(2).transpose(1, 2)
+
+    def mid_embedding(self, cond_emb: torch.Tensor) -> torch.Tensor:
+        """The part of ``mid``'s pre-activation that reads only the embedding: (B, N, network_dim).
+
+        ``mid(cat(e, h)) = relu(e @ W_e^T + b + h @ W_h^T)`` with ``W = [W_e | W_h]``: this is
+        ``e @ W_e^T + b``, which stays fixed for as long as the control image does.
+        """
+        return F.linear(cond_emb, self.mid[0].weight[:, : self.cond_emb_dim], self.mid[0].bias)
 
     def forward(self, x: torch.Tensor, cond_emb: torch.Tensor) -> torch.Tensor:
         """The change to the target's input, before the multiplier: (B, N, in_dim)."""

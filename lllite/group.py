@@ -1,0 +1,121 @@
+"""LLLite modules whose targets read one input, computed together: fewer, larger kernels.
+
+diffusers' attention calls attn1's ``to_q``, ``to_k`` and ``to_v`` one after another on the same
+tensor. Their three LLLite modules then run as one: one ``down`` matmul on the concatenated
+weights, one batched matmul each for ``mid`` and ``up``. ``mid``'s input is ``cat(e, h)``, and the
+half that reads the conditioning embedding ``e`` is split off:
+
+    mid(cat(e, h)) = relu(e @ W_e^T + b + h @ W_h^T)        with W = [W_e | W_h]
+
+``e @ W_e^T + b`` (the *embedding term*) is fixed for as long as the control image is, so at
+inference it is computed once per image, like the embedding itself.
+
+Grouping changes how the modules are computed, never what: each module keeps its parameters and
+kohya's names, and a group of one is a single module.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .module import LLLiteModule, token_grid
+
+
+class GroupWeights(NamedTuple):
+    """The parameters of a group's modules, stacked for batched matmuls (g modules, width M, C channels)."""
+
+    down_weight: torch.Tensor  # (g*M, C)
+    down_bias: torch.Tensor  # (g*M,)
+    mid_weight: torch.Tensor  # (g, M, M): each module's W_h, transposed
+    up_weight: torch.Tensor  # (g, M, C): each module's up weight, transposed
+    up_bias: torch.Tensor  # (g, 1, C)
+
+
+def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+class ModuleGroup:
+    """Modules of one network that adapt Linears reading the same input, in call order.
+
+    Args:
+        names: kohya module names, in the order the UNet calls their Linears.
+        modules: the modules; all of one ``in_dim``, ``cond_emb_dim``, ``network_dim`` and ``depth``.
+    """
+
+    def __init__(self, names: list[str], modules: list[LLLiteModule]):
+        shapes = {(m.in_dim, m.cond_emb_dim, m.network_dim, m.depth) for m in modules}
+        if len(shapes) != 1:
+            raise ValueError(f"the modules of a group must share their dimensions, got {sorted(shapes)} for {names}")
+        self.names, self.modules = list(names), list(modules)
+        self.depth = modules[0].depth
+        #: the stacked weights (None for a group of one: views cost nothing) and the embedding terms,
+        #: kept at inference (see LLLiteNetwork)
+        self.cached: tuple[GroupWeights | None, torch.Tensor] | None = None
+        #: (input, changes) from the group's first Linear, for the others in the same UNet call
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def weights(self) -> GroupWeights:
+        """The modules' parameters stacked: copies for a group of several, views for a group of one.
+
+        Differentiable; training stacks them anew in every step, inference keeps the copies.
+        """
+        e = self.modules[0].cond_emb_dim
+        return GroupWeights(
+            _cat([m.down[0].weight for m in self.modules]),
+            _cat([m.down[0].bias for m in self.modules]),
+            _stack([m.mid[0].weight[:, e:].t() for m in self.modules]),
+            _stack([m.up[0].weight.t() for m in self.modules]),
+            _stack([m.up[0].bias for m in self.modules]).unsqueeze(1),
+        )
+
+    def embedding_terms(self, image: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """``e @ W_e^T + b`` of every module for a prepared control image: (g, B_image, N, M).
+
+        Args:
+            image: the control image at the generated size, padded (see ``LLLiteNetwork``).
+            latent_size: the UNet's latent (rows, cols), which sets this depth's token grid.
+        """
+        grid = token_grid(latent_size, self.depth)
+        return _stack([m.mid_embedding(m.embed(image, grid)) for m in self.modules])
+
+    @staticmethod
+    def changes(x: torch.Tensor, terms: torch.Tensor, weights: GroupWeights) -> torch.Tensor:
+        """Every module's change to the shared input, before scaling: (g, B, N, C).
+
+        Args:
+            x: the input of the group's Linears, (B, N, C).
+            terms: the embedding terms repeated for the UNet batch, (g, B, N, M).
+            weights: :meth:`weights`.
+        """
+        batch, tokens, channels = x.shape
+        g, width, _ = weights.mid_weight.shape
+        h = F.relu(F.linear(x, weights.down_weight, weights.down_bias))  # (B, N, g*M): one matmul
+        h = h.view(batch * tokens, g, width).transpose(0, 1)  # (g, B*N, M)
+        h = F.relu(torch.baddbmm(terms.flatten(1, 2), h, weights.mid_weight))
+        return torch.baddbmm(weights.up_bias, h, weights.up_weight).view(g, batch, tokens, channels)
+
+
+def group_modules(modules: dict[str, LLLiteModule], paths: dict[str, str]) -> list[ModuleGroup]:
+    """Group modules whose targets sit in one attention layer (``...attn1``), in the order given.
+
+    Args:
+        modules: kohya name -> module, in kohya's order (to_q, to_k, to_v within a layer).
+        paths: kohya name -> the target Linear's path in the UNet.
+
+    Modules of one layer with different dimensions (possible in a hand-made file) get groups of their own.
+    """
+    layers: dict[tuple, list[str]] = {}
+    for name, module in modules.items():
+        key = (paths[name].rsplit(".", 1)[0], module.in_dim, module.cond_emb_dim, module.network_dim, module.depth)
+        layers.setdefault(key, []).append(name)
+    return [ModuleGroup(names, [modules[n] for n in names]) for names in layers.values()]
