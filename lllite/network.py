@@ -1,87 +1,60 @@
-"""An LLLite network: its modules, and attaching them to a diffusers SDXL UNet.
+"""An LLLite network: its modules, their controls, and attaching them to a diffusers SDXL UNet.
 
-Attaching registers forward pre-hooks; it never replaces modules or forwards, so the UNet's
-``state_dict`` is untouched and :meth:`LLLiteNetwork.remove` restores it exactly. A pre-hook on the
-UNet itself records the latent size and the timestep of each call, which gives every module its
-token grid (any resolution) and the denoising progress (the step range).
+Attaching registers forward pre-hooks (:mod:`lllite.hooks`); it never replaces modules or forwards,
+so the UNet's ``state_dict`` is untouched and :meth:`LLLiteNetwork.remove` restores it exactly.
+
+Built for ``torch.compile(unet, fullgraph=True)`` and CUDA graphs: everything that changes between
+generations lives in tensors the UNet's graph reads, never in Python values it would specialize on.
+The multiplier and the step range sit in a small tensor on the UNet's device, updated in place; the
+step's scale (multiplier x step gate) is computed there from the timestep, without reading it on the
+host; the embedding terms and stacked weights of each group of modules (:mod:`lllite.group`) are
+computed outside the graph when the control image, the latent size or the weights change, and
+written in place when their shape is unchanged. Only "no control image" is a Python branch.
 """
 from __future__ import annotations
 
 import math
-import weakref
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fileformat
+from .group import GroupWeights, ModuleGroup, group_modules
+from .hooks import Attachment, unet_and_pipeline
 from .images import to_control_tensor
-from .module import LLLiteModule, conditioning_stride, token_grid
+from .module import LLLiteModule, conditioning_stride
 from .names import Target, find_targets, is_up_path
 
 _MAX_STRIDE = conditioning_stride(3)
+#: Room for the scheduler's timesteps on the device; padding with +inf keeps the step count out of the graph's shapes.
+_TIMESTEP_SLOTS = 1000
+_MULTIPLIER, _START, _END, _STEPS = range(4)  # the slots of LLLiteNetwork._controls
+_VERSION = attrgetter("_version")
 
 
-class _Dispatch:
-    """The single pre-hook on one target Linear; it sums the changes of every attached network.
+def _control_dtype(device: torch.device) -> torch.dtype:
+    # float64 counts steps exactly as diffusers' Python floats do; Apple's GPUs have no float64
+    return torch.float32 if device.type == "mps" else torch.float64
 
-    Each network reads the Linear's original input, so several networks add up independently of the
-    order in which they were attached.
+
+def _keep(old: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``new``'s values in ``old``'s tensors where every shape matches (a CUDA graph keeps their addresses).
+
+    Otherwise copies of ``new``, so that nothing kept shares memory with a parameter.
     """
-
-    def __init__(self, linear: nn.Module):
-        self.entries: list[tuple[LLLiteNetwork, str]] = []
-        self.handle = linear.register_forward_pre_hook(self)
-
-    def __call__(self, linear: nn.Module, args: tuple) -> tuple | None:
-        x = args[0]
-        delta = None
-        for network, name in self.entries:
-            change = network._change(name, x)
-            if change is not None:
-                delta = change if delta is None else delta + change
-        return None if delta is None else (x + delta, *args[1:])
-
-
-_DISPATCH: "weakref.WeakKeyDictionary[nn.Module, _Dispatch]" = weakref.WeakKeyDictionary()
-
-
-def _hook(linear: nn.Module, network: "LLLiteNetwork", name: str) -> None:
-    dispatch = _DISPATCH.get(linear)
-    if dispatch is None:
-        dispatch = _DISPATCH[linear] = _Dispatch(linear)
-    dispatch.entries.append((network, name))
-
-
-def _unhook(linear: nn.Module, network: "LLLiteNetwork", name: str) -> None:
-    dispatch = _DISPATCH.get(linear)
-    if dispatch is None:
-        return
-    dispatch.entries = [(n, m) for n, m in dispatch.entries if not (n is network and m == name)]
-    if not dispatch.entries:
-        dispatch.handle.remove()
-        del _DISPATCH[linear]
-
-
-def _unet_and_scheduler(target: Any) -> tuple[nn.Module, Any]:
-    unet = getattr(target, "unet", None)
-    if isinstance(unet, nn.Module):
-        return unet, getattr(target, "scheduler", None)
-    if isinstance(target, nn.Module):
-        return target, None
-    raise TypeError(f"apply_to expects a diffusers UNet2DConditionModel or an SDXL pipeline, got {type(target).__name__}")
-
-
-class _Attachment:
-    """What :meth:`LLLiteNetwork.apply_to` set up, so that :meth:`remove` can undo exactly that."""
-
-    def __init__(self, unet: nn.Module, scheduler: Any, linears: dict[str, tuple[str, nn.Module]]):
-        self.unet = unet
-        self.scheduler = scheduler
-        self.linears = linears  # module name -> (path in the UNet, hooked module)
-        self.handle: Any = None
+    if old is not None and all(o.shape == n.shape and o.dtype == n.dtype and o.device == n.device
+                               for o, n in zip(old, new)):
+        for o, n in zip(old, new):
+            o.copy_(n)
+        return old
+    new = tuple(tensor.clone(memory_format=torch.contiguous_format) for tensor in new)
+    for tensor in new:
+        torch._dynamo.mark_static_address(tensor)
+    return new
 
 
 class LLLiteNetwork(nn.Module):
@@ -102,15 +75,24 @@ class LLLiteNetwork(nn.Module):
         for name, module in modules.items():
             self.add_module(name, module)
         self.metadata: dict[str, str] = dict(metadata or {})
-        self.multiplier = 1.0
-        self.control_guidance_start, self.control_guidance_end = 0.0, 1.0
+        self._multiplier, self._start, self._end = 1.0, 0.0, 1.0
+        # multiplier, start, end, step count: on the UNet's device, read by its graph, written in place
+        self._controls = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+        self._timesteps: torch.Tensor | None = None  # the scheduler's timesteps, padded with +inf
+        self._timesteps_source: torch.Tensor | None = None
         self._image: torch.Tensor | None = None
         self._image_version = 0
         self._latent_size: tuple[int, int] | None = None
-        self._step_active = True
-        self._prepared: tuple[tuple, torch.Tensor] | None = None
-        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
-        self._attachment: _Attachment | None = None
+        self._prepared: torch.Tensor | None = None  # the control image at the generated size (training)
+        self._cached_for: tuple | None = None  # what the groups' cached tensors were computed for
+        self._groups: list[ModuleGroup] = []
+        self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
+        self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale
+        self._scale: torch.Tensor | None = None
+        self._attachment: Attachment | None = None
+        self._weights: list[nn.Parameter] | None = None  # self.parameters(), listed once: read every UNet call
+        self._weights_listed = 0
+        self.register_load_state_dict_post_hook(LLLiteNetwork._forget_weights)
 
     # ------------------------------------------------------------------ description
     def lllite_modules(self) -> Iterator[tuple[str, LLLiteModule]]:
@@ -162,20 +144,32 @@ class LLLiteNetwork(nn.Module):
         """
         self._image = None if image is None else to_control_tensor(image)
         self._image_version += 1
-        self._prepared = None
-        self._cache.clear()
+        if image is None:  # free the cached tensors; a new image computes them again
+            self._prepared, self._cached_for = None, None
+            for group in self._groups:
+                group.cached = None
 
     @property
     def cond_image(self) -> torch.Tensor | None:
         """The control image as set, (B, 3, H, W) in [-1, 1], or None."""
         return self._image
 
+    @property
+    def multiplier(self) -> float:
+        """Strength of the control (see :meth:`set_multiplier`)."""
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, multiplier: float) -> None:
+        self.set_multiplier(multiplier)
+
     def set_multiplier(self, multiplier: float) -> None:
         """Strength of the control: 0 switches it off, 1 is the trained strength."""
         multiplier = float(multiplier)
         if not math.isfinite(multiplier):
             raise ValueError(f"multiplier must be a finite number, got {multiplier}")
-        self.multiplier = multiplier
+        self._multiplier = multiplier
+        self._controls[_MULTIPLIER].fill_(multiplier)  # in place, on the device: nothing recompiles
 
     def set_step_range(self, control_guidance_start: float = 0.0, control_guidance_end: float = 1.0) -> None:
         """Apply the control only between these fractions of the denoising steps.
@@ -189,7 +183,27 @@ class LLLiteNetwork(nn.Module):
         if not 0.0 <= start < end <= 1.0:
             raise ValueError("the step range (control_guidance_start, control_guidance_end) must satisfy "
                              f"0 <= start < end <= 1, got start={start}, end={end}")
-        self.control_guidance_start, self.control_guidance_end = start, end
+        self._start, self._end = start, end
+        self._controls[_START].fill_(start)
+        self._controls[_END].fill_(end)
+
+    @property
+    def control_guidance_start(self) -> float:
+        """The fraction of the denoising steps where the control starts (see :meth:`set_step_range`)."""
+        return self._start
+
+    @control_guidance_start.setter
+    def control_guidance_start(self, start: float) -> None:
+        self.set_step_range(start, self._end)
+
+    @property
+    def control_guidance_end(self) -> float:
+        """The fraction of the denoising steps where the control ends (see :meth:`set_step_range`)."""
+        return self._end
+
+    @control_guidance_end.setter
+    def control_guidance_end(self, end: float) -> None:
+        self.set_step_range(self._start, end)
 
     # ------------------------------------------------------------------ attaching
     def apply_to(self, target) -> "LLLiteNetwork":
@@ -200,17 +214,14 @@ class LLLiteNetwork(nn.Module):
         """
         if self._attachment is not None:
             raise RuntimeError("this LLLite network is already attached; call remove() before apply_to() again")
-        unet, scheduler = _unet_and_scheduler(target)
+        unet, pipeline = unet_and_pipeline(target)
         targets = find_targets(unet, up_path=True)
         self._check_against(targets)
-        attachment = _Attachment(unet, scheduler, {})
-        for name, _ in self.lllite_modules():
-            path = targets[name].path
-            linear = unet.get_submodule(path)
-            _hook(linear, self, name)
-            attachment.linears[name] = (path, linear)
-        attachment.handle = unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
-        self._attachment = attachment
+        modules = dict(self.lllite_modules())
+        paths = {name: targets[name].path for name in modules}
+        self._groups = group_modules(modules, paths)
+        self._group_of = {name: (group, i) for group in self._groups for i, name in enumerate(group.names)}
+        self._attachment = Attachment(self, unet, pipeline, paths)
         return self
 
     def _check_against(self, targets: dict[str, Target]) -> None:
@@ -236,53 +247,103 @@ class LLLiteNetwork(nn.Module):
 
     def remove(self) -> None:
         """Detach from the UNet; the UNet is exactly as before :meth:`apply_to`."""
-        attachment = self._attachment
-        if attachment is None:
+        if self._attachment is None:
             return
-        for name, (_, linear) in attachment.linears.items():
-            _unhook(linear, self, name)
-        attachment.handle.remove()
+        self._attachment.detach()
         self._attachment = None
-        self._latent_size = None
-        self._step_active = True
-        self._prepared = None
-        self._cache.clear()
+        self._groups, self._group_of = [], {}
+        self._latent_size = self._prepared = self._cached_for = None
+        self._timesteps = self._timesteps_source = None
+        self._gate = self._scale = None
 
-    def _rehome(self) -> None:
-        """Follow target Linears that were wrapped after attaching (``pipe.load_lora_weights``)."""
-        attachment = self._attachment
-        for name, (path, linear) in attachment.linears.items():
-            current = attachment.unet.get_submodule(path)
-            if current is not linear:
-                _unhook(linear, self, name)
-                _hook(current, self, name)
-                attachment.linears[name] = (path, current)
+    # ------------------------------------------------------------------ before each UNet call, on the host
+    def _apply(self, fn, recurse: bool = True):
+        self._forget_weights()  # .to() and its kind may give the modules new parameters
+        return super()._apply(fn, recurse)
+
+    def _forget_weights(self, *_) -> None:
+        self._weights = None
+
+    def _weights_version(self) -> tuple[int, int]:
+        """Changes whenever a weight does: in place (version counters) or replaced."""
+        if self._weights is None:
+            self._weights = list(self.parameters())
+            self._weights_listed += 1
+        return self._weights_listed, sum(map(_VERSION, self._weights))
 
     def _before_unet(self, unet: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Everything a UNet call needs that is decided on the host; it reads no tensor's values."""
         sample = args[0] if args else kwargs.get("sample")
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        self._rehome()
-        if sample is not None:
-            self._latent_size = tuple(sample.shape[-2:])
-            parameter = next(self.parameters())
-            if parameter.device != sample.device:
-                self.to(sample.device)
-        self._step_active = timestep is None or self._in_step_range(timestep)
+        self._attachment.rehome()
+        for group in self._groups:
+            group.pending = None
+        if sample is None:
+            return
+        self._latent_size = tuple(sample.shape[-2:])
+        self._follow(sample.device)
+        if self._image is not None:
+            self._count_steps(self._attachment.scheduler)
+            self._refresh(sample.shape[0])
 
-    # ------------------------------------------------------------------ the hooked computation
-    def _in_step_range(self, timestep) -> bool:
-        if (self.control_guidance_start, self.control_guidance_end) == (0.0, 1.0):
-            return True  # without reading the timestep, which would wait for the GPU
-        timestep = float(torch.as_tensor(timestep).flatten()[0])
-        timesteps = getattr(self._attachment.scheduler, "timesteps", None)
-        if timesteps is not None and len(timesteps):
-            steps = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
-            i, n = int((steps - timestep).abs().argmin()), len(steps)
-            return i / n >= self.control_guidance_start and (i + 1) / n <= self.control_guidance_end
-        progress = 1.0 - timestep / 1000.0
-        return self.control_guidance_start <= progress <= self.control_guidance_end
+    def _follow(self, device: torch.device) -> None:
+        """Move the network and its controls to the UNet's device."""
+        if next(self.parameters()).device != device:
+            self.to(device)
+        if self._controls.device != device:
+            self._controls = self._controls.to(device=device, dtype=_control_dtype(device))
+            self._timesteps = self._timesteps_source = None
 
-    def _prepared_image(self, device: torch.device, dtype: torch.dtype) -> tuple[tuple, torch.Tensor]:
+    def _count_steps(self, scheduler) -> None:
+        """Copy the scheduler's timesteps to the device once per generation (a new tensor each time)."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor) or timesteps is self._timesteps_source:
+            return
+        count = timesteps.numel()
+        controls = self._controls
+        if self._timesteps is None or self._timesteps.numel() < count:
+            self._timesteps = torch.full((max(_TIMESTEP_SLOTS, count),), math.inf, dtype=controls.dtype,
+                                         device=controls.device)
+            torch._dynamo.mark_static_address(self._timesteps)
+        else:
+            self._timesteps[count:].fill_(math.inf)
+        self._timesteps[:count].copy_(timesteps.flatten(), non_blocking=True)
+        controls[_STEPS].fill_(count)
+        self._timesteps_source = timesteps
+
+    def _refresh(self, batch: int) -> None:
+        """Compute what stays fixed while the control image, the latent size and the weights do.
+
+        Training (with gradients) keeps only the prepared image: the embeddings train, so they are
+        computed in every step. Inference also keeps each group's stacked weights and embedding
+        terms, repeated for the UNet batch.
+        """
+        images = self._image.shape[0]
+        if batch % images:
+            raise ValueError(
+                f"LLLite: {images} control image(s) for a UNet batch of {batch}: give one image, or one per "
+                "generated image (the batch of 2x for classifier-free guidance is handled)"
+            )
+        parameter = next(self.parameters())
+        trains = self.training and torch.is_grad_enabled()
+        versions = None if trains else self._weights_version()
+        key = (self._image_version, self._latent_size, batch, parameter.device, parameter.dtype, trains, versions)
+        if key == self._cached_for:
+            return
+        with torch.no_grad():
+            image = self._prepared_image(parameter.device, parameter.dtype)
+            self._prepared = image if trains else None
+            for group in self._groups:
+                if trains:
+                    group.cached = None
+                    continue
+                terms = group.embedding_terms(image, self._latent_size).repeat(1, batch // images, 1, 1)
+                weights = group.weights() if len(group) > 1 else ()
+                old = None if group.cached is None else (*(group.cached[0] or ()), group.cached[1])
+                kept = _keep(old, (*weights, terms))
+                group.cached = (GroupWeights(*kept[:-1]) if weights else None, kept[-1])
+        self._cached_for = key
+
+    def _prepared_image(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The control image at the generated image's pixel size, padded to a multiple of 32.
 
         Replicate-padding lets every depth's strided convs cover the UNet's token grid when the size
@@ -290,9 +351,6 @@ class LLLiteNetwork(nn.Module):
         """
         image = self._image
         latent = self._latent_size or (image.shape[-2] // 8, image.shape[-1] // 8)
-        key = (self._image_version, latent, device, dtype)
-        if self._prepared is not None and self._prepared[0] == key:
-            return self._prepared
         size = (latent[0] * 8, latent[1] * 8)
         prepared = image.to(device=device, dtype=torch.float32)
         if tuple(prepared.shape[-2:]) != size:
@@ -300,44 +358,65 @@ class LLLiteNetwork(nn.Module):
         pad_h, pad_w = (-size[0]) % _MAX_STRIDE, (-size[1]) % _MAX_STRIDE
         if pad_h or pad_w:
             prepared = F.pad(prepared, (0, pad_w, 0, pad_h), mode="replicate")
-        self._prepared = (key, prepared.to(dtype))
-        return self._prepared
+        return prepared.to(dtype)
 
-    def _embedding(self, name: str, module: LLLiteModule, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        image_key, image = self._prepared_image(device, dtype)
-        grid = token_grid(image_key[1], module.depth)
-        if self.training and torch.is_grad_enabled():
-            return module.embed(image, grid)  # trains conditioning1: never reuse across steps
-        weights = tuple((p.data_ptr(), p._version) for p in module.conditioning1.parameters())
-        key = (image_key, weights)
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        with torch.no_grad():
-            emb = module.embed(image, grid)
-        self._cache[name] = (key, emb)
-        return emb
+    # ------------------------------------------------------------------ inside the UNet call (traced when compiled)
+    def _before_time_proj(self, time_proj: nn.Module, args: tuple) -> None:
+        """This step's scale, multiplier x step gate, from the timestep on the device: one tensor every module multiplies its change by."""
+        if self._image is None:
+            return
+        self._gate = self._step_gate(args[0])
+        self._scale = (self._controls[_MULTIPLIER] * self._gate).to(torch.float32)
 
-    def _change(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
-        if self.multiplier == 0 or self._image is None or not self._step_active:
+    def _step_gate(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Whether this step is inside the step range, as a boolean tensor (diffusers' rule, see :meth:`set_step_range`)."""
+        controls = self._controls
+        t = timestep.reshape(-1)[0].to(controls.dtype)
+        start, end = controls[_START], controls[_END]
+        if self._timesteps is None:  # a bare UNet: the fraction of denoising done, read from the timestep
+            progress = (1 - t / 1000).clamp(0, 1)
+            return (progress >= start) & (progress <= end)
+        i = (self._timesteps - t).abs().argmin().to(controls.dtype)
+        count = controls[_STEPS]
+        return (i / count >= start) & ((i + 1) / count <= end)
+
+    @property
+    def _step_active(self) -> bool:
+        """Whether the last UNet call was inside the step range (reads the device: for tests and debugging)."""
+        return True if self._gate is None else bool(self._gate)
+
+    def _change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This network's change to the input ``x`` of the Linear ``name``, and the scale it is multiplied by."""
+        if self._image is None:
             return None
-        module: LLLiteModule = getattr(self, name)
-        dtype = module.down[0].weight.dtype
-        emb = self._embedding(name, module, x.device, dtype)
-        if emb.shape[1] != x.shape[1]:
+        if not torch.compiler.is_compiling() and self._multiplier == 0:
+            return None  # eager skips the work; a compiled graph multiplies by the zero scale instead
+        group, index = self._group_of[name]
+        pending = group.pending
+        if pending is not None and pending[0] is x:
+            changes = pending[1]  # computed by the group's first Linear, on this very input
+        else:
+            changes = self._group_changes(group, x)
+        group.pending = (x, changes) if index + 1 < len(group) else None
+        return changes[index], self._scale
+
+    def _group_changes(self, group: ModuleGroup, x: torch.Tensor) -> torch.Tensor:
+        dtype = group.modules[0].down[0].weight.dtype
+        if self.training and torch.is_grad_enabled():  # the embeddings train: computed in every step
+            terms = group.embedding_terms(self._prepared, self._latent_size)
+            if x.shape[0] % terms.shape[1] == 0:
+                terms = terms.repeat(1, x.shape[0] // terms.shape[1], 1, 1)
+            weights = group.weights()
+        else:
+            weights, terms = group.cached
+            weights = weights or group.weights()
+        if terms.shape[1:3] != x.shape[:2]:
             raise ValueError(
-                f"LLLite module {name!r}: the control image gives {emb.shape[1]} tokens but the block has "
-                f"{x.shape[1]}; was the UNet called on a latent of another size than recorded?"
+                f"LLLite module {group.names[0]!r}: the control image gives {terms.shape[2]} tokens for a batch of "
+                f"{terms.shape[1]} but the block has {x.shape[1]} for {x.shape[0]}; was the UNet called on a latent "
+                "of another size than recorded?"
             )
-        if emb.shape[0] != x.shape[0]:
-            if x.shape[0] % emb.shape[0]:
-                raise ValueError(
-                    f"LLLite: {emb.shape[0]} control image(s) for a UNet batch of {x.shape[0]}: give one "
-                    "image, or one per generated image (the batch of 2x for classifier-free guidance is handled)"
-                )
-            emb = emb.repeat(x.shape[0] // emb.shape[0], 1, 1)
-        change = module(x.to(dtype), emb)
-        return (change * self.multiplier).to(x.dtype)
+        return group.changes(x.to(dtype), terms, weights)
 
     # ------------------------------------------------------------------ files
     def save(self, path, dtype: torch.dtype | None = torch.float16, metadata: dict | None = None,

@@ -130,11 +130,11 @@ def test_at_odd_sizes_each_token_reads_the_pixels_under_its_cell(depth):
     y, x = 100, 70  # the last cell, partly made of padding at depths 2 and 3
     changed = image.clone()
     changed[:, :, y, x] = -image[:, :, y, x]
+    rows, cols = lllite.module.token_grid(latent, depth)
     embeddings = []
     for img in (image, changed):
         network.set_cond_image(img)
-        embeddings.append(network._embedding("m", module, torch.device("cpu"), torch.float32)[0])
-    rows, cols = lllite.module.token_grid(latent, depth)
+        embeddings.append(module.embed(network._prepared_image(torch.device("cpu"), torch.float32), (rows, cols))[0])
     differs = (embeddings[0] - embeddings[1]).abs().sum(-1).view(rows, cols) > 0
     expected = torch.zeros(rows, cols, dtype=torch.bool)
     expected[y // stride, x // stride] = True
@@ -203,6 +203,21 @@ def test_embedding_is_computed_once_per_image_at_inference(tiny_unet, network):
                      for k, v in unet_inputs().items() if k != "added_cond_kwargs"},
                   added_cond_kwargs={k: v.double() for k, v in unet_inputs()["added_cond_kwargs"].items()})
     assert len(calls) == 3 * len(network)
+
+
+def test_a_weight_change_recomputes_the_cached_embedding_once(tiny_unet, network):
+    calls = []
+    for _, module in network.lllite_modules():
+        module.conditioning1.register_forward_hook(lambda *args: calls.append(1))
+    network.apply_to(tiny_unet)
+    network.set_cond_image(control())
+    run(tiny_unet)
+    with torch.no_grad():
+        for _, module in network.lllite_modules():
+            module.mid[0].weight.mul_(2)
+    for _ in range(3):
+        run(tiny_unet)
+    assert len(calls) == 2 * len(network)
 
 
 def test_weight_changes_invalidate_the_cached_embedding(tiny_unet, network):
