@@ -46,6 +46,7 @@ class BenchConfig:
         threads: CPU threads for PyTorch (None: its default, one per core).
         out: where the JSON goes.
         overwrite: replace ``out`` if it exists.
+        compile: ``torch.compile`` mode for the scripts that take ``--compile`` (None: eager only).
     """
 
     device: str = "cpu"
@@ -57,15 +58,22 @@ class BenchConfig:
     threads: int | None = None
     out: Path | None = None
     overwrite: bool = False
+    compile: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def parse_config(name: str, description: str, sizes: list[int], quick_sizes: list[int],
-                 argv: list[str] | None = None) -> BenchConfig:
-    """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line."""
+                 argv: list[str] | None = None, compile_option: bool = False) -> BenchConfig:
+    """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line.
+
+    ``compile_option`` adds ``--compile [MODE]``; its results go to ``<name>_compile_<device>_<time>.json``.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
@@ -80,7 +88,14 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
                         "other work, 1 keeps threads from waiting on each other")
     parser.add_argument("--out", type=Path, help=f"JSON results file (default benches/results/{name}_<device>_<time>.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    if compile_option:
+        parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+                            help="compare torch.compile(fullgraph=True) variants (mode: default; on a GPU "
+                                 "reduce-overhead adds CUDA graphs)")
     args = parser.parse_args(argv)
+    compile_mode = getattr(args, "compile", None)
+    if compile_mode:
+        name = f"{name}_compile"
 
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -101,7 +116,8 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
     out = args.out or RESULTS_DIR / f"{name}_{device.split(':')[0]}_{stamp}.json"
     if out.exists() and not args.overwrite:
         parser.exit(2, f"{parser.prog}: error: {out} exists; pass --overwrite to replace it or choose another --out\n")
-    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite)
+    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite,
+                       compile_mode)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -252,6 +268,54 @@ def summary(times: dict[str, list[Timing]], baseline: str) -> dict[str, dict]:
                        "cpu_median_s": statistics.median(cpu), "cpu_ratio": statistics.median(cpu) / base_cpu,
                        "runs_s": wall, "cpu_runs_s": cpu}
     return stats
+
+
+# ---------------------------------------------------------------------------------------- op counts
+#: aten ops that only describe memory (views, allocation) or do nothing here; an op counts as work only if
+#: it, or an op it calls, is not one of these (``aten::linear`` counts through its ``aten::addmm``).
+NO_WORK_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "_reshape_alias", "reshape", "as_strided", "as_strided_", "t", "transpose", "permute",
+    "expand", "unsqueeze", "squeeze", "slice", "select", "split", "chunk", "unbind", "flatten", "unflatten",
+    "detach", "alias", "lift_fresh", "resolve_conj", "resolve_neg", "empty", "empty_like", "empty_strided",
+    "resize_", "_nnpack_available", "contiguous", "to", "dropout", "linear", "matmul", "conv2d", "convolution",
+    "_convolution", "result_type", "is_nonzero", "item", "_local_scalar_dense", "size", "stride", "numel",
+))
+
+
+def _does_work(event) -> bool:
+    return event.name not in NO_WORK_OPS or any(_does_work(child) for child in event.cpu_children)
+
+
+def count_ops(fn: Callable[[], object], device: str) -> dict[str, int]:
+    """How many operations one call launches, counted by ``torch.profiler``.
+
+    ``ops``: host-side operations that do work: top-level aten ops (views, allocations and no-ops
+    left out: see :data:`NO_WORK_OPS`) plus the kernels a compiled graph runs as its own (inductor's
+    fused C++ kernels, visible with ``torch._inductor.config.cpp.enable_kernel_profile``). On a GPU
+    also ``kernels``: the device kernels launched, the number the per-launch overhead multiplies.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.events()
+    ops = 0
+    for event in events:
+        if event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        parent = event.cpu_parent
+        if event.name.startswith("aten::"):
+            top = parent is None or not parent.name.startswith("aten::")
+            ops += top and _does_work(event)
+        elif event.name.startswith("cpp_fused"):
+            ops += 1
+    counts = {"ops": ops}
+    if device.startswith("cuda"):
+        counts["kernels"] = sum(1 for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------- memory
