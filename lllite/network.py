@@ -277,6 +277,7 @@ class LLLiteNetwork(nn.Module):
         self._attachment.rehome()
         for group in self._groups:
             group.pending = None
+        self._gate = self._scale = None  # the last call's: a CUDA graph's outputs, about to be overwritten
         if sample is None:
             return
         self._latent_size = tuple(sample.shape[-2:])
