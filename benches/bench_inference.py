@@ -121,7 +121,8 @@ def build_compiled(config: BenchConfig) -> dict:
     bare = materialize(unet_meta, config, seed=0)
     controlled = materialize(unet_meta, config, seed=0)
     network = lllite_network(controlled, up_path=False, config=config, seed=1).eval().apply_to(controlled)
-    compiled = {key: torch.compile(model, mode=config.compile, fullgraph=True, dynamic=False)
+    # isolated: dynamo does not watch hooks, so the two UNets must not share compiled code
+    compiled = {key: torch.compile(model, mode=config.compile, fullgraph=True, dynamic=False, isolate_recompiles=True)
                 for key, model in (("unet", bare), ("lllite", controlled))}
     return {"unet": bare, "lllite_unet": controlled, "lllite": network,
             "unet_compiled": compiled["unet"], "lllite_compiled": compiled["lllite"]}

@@ -17,3 +17,7 @@ class OutputExistsError(LLLiteError, FileExistsError):
 
 class InputMissingError(LLLiteError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class CompiledWithoutNetworkError(LLLiteError):
+    """A compiled UNet ran code compiled before an LLLite network was attached, so the network did not act."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .module import LLLiteModule, token_grid
+from .names import TARGET_LINEARS
 
 
 class GroupWeights(NamedTuple):
@@ -106,16 +107,20 @@ class ModuleGroup:
 
 
 def group_modules(modules: dict[str, LLLiteModule], paths: dict[str, str]) -> list[ModuleGroup]:
-    """Group modules whose targets sit in one attention layer (``...attn1``), in the order given.
+    """Group modules whose targets sit in one attention layer (``...attn1``), each group in call order.
 
     Args:
-        modules: kohya name -> module, in kohya's order (to_q, to_k, to_v within a layer).
+        modules: kohya name -> module (files list them alphabetically: to_k before to_q).
         paths: kohya name -> the target Linear's path in the UNet.
 
     Modules of one layer with different dimensions (possible in a hand-made file) get groups of their own.
     """
+    def call_order(name: str) -> int:  # attn1's to_q, to_k, to_v, then attn2's to_q
+        return TARGET_LINEARS.index(".".join(paths[name].split(".")[-2:]))
+
     layers: dict[tuple, list[str]] = {}
-    for name, module in modules.items():
+    for name in sorted(modules, key=call_order):
+        module = modules[name]
         key = (paths[name].rsplit(".", 1)[0], module.in_dim, module.cond_emb_dim, module.network_dim, module.depth)
         layers.setdefault(key, []).append(name)
     return [ModuleGroup(names, [modules[n] for n in names]) for names in layers.values()]

@@ -8,11 +8,16 @@ order they were attached in. Per network, :class:`Attachment` adds two more:
   it follows LoRA-wrapped targets and the UNet's device, and refreshes what changes only with the
   control image, the latent size or the weights;
 - a pre-hook on the UNet's ``time_proj`` (called once per UNet call, with the timestep on the
-  UNet's device), which computes the step's scale there.
+  UNet's device), which computes the step's scale there;
+- a hook after the UNet, also on the host, which checks that the network acted.
 
 ``torch.compile(unet)`` traces hooks on the UNet's submodules into the UNet's graph, while hooks on
 the compiled module itself run as frames of their own: the ``time_proj`` and Linear hooks are part
-of the one graph, and the UNet pre-hook keeps every host-side decision out of it.
+of the one graph, and the UNet's own hooks keep every host-side decision out of it. By default
+dynamo does not watch hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): code it compiled
+for the UNet before a network was attached would go on running without it, which the last hook
+turns into an error. Removing a network, or adding one where another is attached, changes values
+the compiled code reads, so it is compiled again.
 """
 from __future__ import annotations
 
@@ -101,6 +106,7 @@ class Attachment:
         self.handles = [
             unet.register_forward_pre_hook(torch.compiler.disable(network._before_unet), with_kwargs=True),
             unet.time_proj.register_forward_pre_hook(network._before_time_proj),
+            unet.register_forward_hook(torch.compiler.disable(network._after_unet)),
         ]
 
     @property

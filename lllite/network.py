@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fileformat
+from .errors import CompiledWithoutNetworkError
 from .group import GroupWeights, ModuleGroup, group_modules
 from .hooks import Attachment, unet_and_pipeline
 from .images import to_control_tensor
@@ -89,6 +90,7 @@ class LLLiteNetwork(nn.Module):
         self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
         self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale
         self._scale: torch.Tensor | None = None
+        self._acted = False  # whether this UNet call reached the network (see _after_unet)
         self._attachment: Attachment | None = None
         self._weights: list[nn.Parameter] | None = None  # self.parameters(), listed once: read every UNet call
         self._weights_listed = 0
@@ -278,6 +280,7 @@ class LLLiteNetwork(nn.Module):
         for group in self._groups:
             group.pending = None
         self._gate = self._scale = None  # the last call's: a CUDA graph's outputs, about to be overwritten
+        self._acted = False
         if sample is None:
             return
         self._latent_size = tuple(sample.shape[-2:])
@@ -285,6 +288,14 @@ class LLLiteNetwork(nn.Module):
         if self._image is not None:
             self._count_steps(self._attachment.scheduler)
             self._refresh(sample.shape[0])
+
+    def _after_unet(self, unet: nn.Module, args: tuple, output) -> None:
+        if self._image is not None and not self._acted:
+            raise CompiledWithoutNetworkError(
+                "LLLite: the UNet ran code torch.compile made before this network was attached, so the network "
+                "did not act on this call (dynamo does not watch hooks). Attach networks before the compiled "
+                "UNet's first call, or call torch.compiler.reset() after apply_to()."
+            )
 
     def _follow(self, device: torch.device) -> None:
         """Move the network and its controls to the UNet's device."""
@@ -390,6 +401,7 @@ class LLLiteNetwork(nn.Module):
         """This network's change to the input ``x`` of the Linear ``name``, and the scale it is multiplied by."""
         if self._image is None:
             return None
+        self._acted = True
         if not torch.compiler.is_compiling() and self._multiplier == 0:
             return None  # eager skips the work; a compiled graph multiplies by the zero scale instead
         group, index = self._group_of[name]

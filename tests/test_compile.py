@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lllite
+from lllite.errors import CompiledWithoutNetworkError
 from lllite.names import find_targets
 from lllite.toy import build_pipeline
 
@@ -136,6 +137,36 @@ def test_no_control_image_is_the_bare_unet_and_costs_at_most_one_more_graph(unet
     assert counter.frame_count == 2 and no_graph_breaks()
 
 
+def test_networks_added_or_removed_after_compiling_take_effect(unet):
+    x = inputs(unet)
+    bare = run(unet, **x)
+    a = network_for(unet, seed=1).apply_to(unet)
+    a.set_cond_image(control(1))
+    only_a = run(unet, **x)
+    fast, counter = compiled(unet)
+    run(fast, **x)
+    b = network_for(unet, seed=2).apply_to(unet)  # joins a's hooks: what the graph reads changes
+    b.set_cond_image(control(2))
+    torch.testing.assert_close(run(fast, **x), run(unet, **x), rtol=1e-5, atol=1e-6)
+    b.remove()
+    torch.testing.assert_close(run(fast, **x), only_a, rtol=1e-5, atol=1e-6)
+    a.remove()
+    assert torch.equal(run(fast, **x), bare)
+    assert no_graph_breaks()
+
+
+def test_a_network_attached_after_the_compiled_unet_ran_raises_instead_of_being_ignored(unet):
+    x = inputs(unet)
+    fast, _ = compiled(unet)
+    run(fast, **x)  # compiled without hooks: dynamo does not watch them
+    network = network_for(unet).apply_to(unet)
+    network.set_cond_image(control())
+    with pytest.raises(CompiledWithoutNetworkError, match="torch.compiler.reset"):
+        run(fast, **x)
+    torch.compiler.reset()
+    torch.testing.assert_close(run(fast, **x), run(unet, **x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_pipeline_recompiles_nothing_after_its_first_generation():
     pipe = build_pipeline("test", seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -213,14 +244,18 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_blocks_modules_run_as_one_down_matmul_and_two_batched_matmuls_per_attention(unet):
+@pytest.mark.parametrize("source", ["fresh", "file"])  # files list to_k before to_q
+def test_a_blocks_modules_run_as_one_down_matmul_and_two_batched_matmuls_per_attention(unet, source, tmp_path):
     def counted():
         with OpCounter() as ops:
             run(unet, **inputs(unet))
         return ops.counts
 
     bare = counted()
-    network = network_for(unet).apply_to(unet)
+    network = network_for(unet)
+    if source == "file":
+        network = lllite.load(network.save(tmp_path / "network.safetensors"))
+    network.apply_to(unet)
     network.set_cond_image(control())
     run(unet, **inputs(unet))  # the first call computes the embedding terms
     controlled = counted()
