@@ -4,8 +4,9 @@ For the bare UNet, then with one LLLite network attached: ``pipe.unet = torch.co
 and three 2-step generations, the strength, the step range, the control image and the seed changed
 before the second and the third. Per generation: seconds (the first includes compiling) and what
 dynamo compiled during it (``torch._dynamo.utils.counters``): frames, graphs, graph breaks; any
-graph compiled after the first generation is a recompile. Also the operations one UNet call
-launches, eager and compiled (``benches.common.count_ops``). Each variant runs in a process of its
+graph compiled after the first generation is a recompile. Then the median seconds of a generation
+eager and compiled (interleaved repetitions), and the operations one UNet call launches, eager and
+compiled (``benches.common.count_ops``). Each variant runs in a process of its
 own with a fresh inductor cache directory: its compilation starts cold, as a new user's does.
 
     python benches/bench_compile_toy.py                  # torch.compile's defaults (inductor)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ from lllite.toy import build_pipeline  # noqa: E402
 
 SIZE = 128  # the toy's native size
 STEPS = 2
+REPEATS = 7  # timed generations per way of running, after the three above
 GENERATIONS = [  # multiplier, step range, control image seed, generation seed
     (1.0, (0.0, 1.0), 0, 0),
     (0.5, (0.0, 0.5), 1, 1),
@@ -80,7 +83,7 @@ def run_variant(with_lllite: bool, backend: str, fullgraph: bool) -> dict:
         network = lllite.create_network(pipe.unet).eval()
         network.apply_to(pipe)
     eager_unet = pipe.unet
-    pipe.unet = torch.compile(eager_unet, backend=backend, fullgraph=fullgraph)
+    pipe.unet = compiled_unet = torch.compile(eager_unet, backend=backend, fullgraph=fullgraph)
     result: dict = {"generations": []}
     for multiplier, step_range, image, seed in GENERATIONS:
         if network is not None:
@@ -100,6 +103,21 @@ def run_variant(with_lllite: bool, backend: str, fullgraph: bool) -> dict:
                                       **{k: after[k] - before[k] for k in after}})
     result["totals"] = dynamo_counts()
     result["recompiles"] = None if "error" in result else sum(g["graphs"] for g in result["generations"][1:])
+    if "error" not in result:
+        seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+        cpu_seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(REPEATS):
+            for way, unet in (("eager", eager_unet), ("compiled", compiled_unet)):
+                pipe.unet = unet
+                start, cpu = time.perf_counter(), time.process_time()
+                pipe("a red circle", num_inference_steps=STEPS, guidance_scale=5.0, height=SIZE, width=SIZE,
+                     generator=torch.Generator().manual_seed(0))
+                seconds[way].append(time.perf_counter() - start)
+                cpu_seconds[way].append(time.process_time() - cpu)
+        pipe.unet = compiled_unet
+        result["generation_median_s"] = {way: statistics.median(times) for way, times in seconds.items()}
+        result["generation_cpu_median_s"] = {way: statistics.median(times) for way, times in cpu_seconds.items()}
+        result["recompiles_while_timing"] = dynamo_counts()["graphs"] - result["totals"]["graphs"]
     if network is not None:  # count the operations of a controlled step
         network.set_multiplier(1.0)
         network.set_step_range(0.0, 1.0)
@@ -150,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
               f"graph breaks {row['totals']['graph_breaks']:>3}  recompiles after the first generation "
               f"{row['recompiles']!s:>4}  seconds per generation [{seconds}]  ops per UNet call: eager "
               f"{row['ops_eager']}, compiled {row.get('ops_compiled', '-')}" + (f"\n  error: {row['error']}" if "error" in row else ""))
+        if "generation_median_s" in row:
+            wall, cpu = row["generation_median_s"], row["generation_cpu_median_s"]
+            print(f"  {'':<7} then a generation takes {wall['eager']:.3f} s eager, {wall['compiled']:.3f} s compiled; "
+                  f"CPU time {cpu['eager']:.3f} s and {cpu['compiled']:.3f} s (medians of {REPEATS}); "
+                  f"recompiles meanwhile: {row['recompiles_while_timing']}")
     print(f"wrote {write_results(config, 'compile_toy', results)}")
 
 
