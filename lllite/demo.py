@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
-from .files import write_atomic, write_text_atomic
+from .figures import new_figure, save_figure
+from .files import write_text_atomic
 from .metrics import shape_iou
 from .sampling import generate, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
@@ -149,21 +150,14 @@ def _by_colour(ious: list[float], samples) -> dict[str, float]:
 
 def plot_iou(strengths, means, stds, path: Path) -> None:
     """Mean shape IoU (with one standard deviation) against strength, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 3.5), dpi=100)
+    figure, axes = new_figure(5, 3.5)
     axes.errorbar(strengths, means, yerr=stds, marker="o", capsize=4)
     axes.axhline(means[0], color="0.6", linestyle="--", label="strength 0: the base model's chance level")
     axes.set_xlabel("LLLite strength (multiplier)")
     axes.set_ylabel("shape IoU")
     axes.set_ylim(0, 1)
     axes.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    write_atomic(path, figure.savefig)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _train_process(rank: int, world: int, port: int, config: TrainConfig, pipe, threads: int, results) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 
 from .conditioning import canny
 from .data import CONDITIONING_BACKGROUND, IMAGE_BACKGROUND, DatasetConfig, PairingReport, SubsetConfig, load_rgb
+from .figures import figure_image, new_figure
 from .images import to_control_tensor
 from .metrics import edge_f_score, shape_iou
 from .module import LLLiteModule, token_grid
@@ -132,23 +133,18 @@ def show(*items: Any) -> None:
 
 
 def as_picture(item: Any) -> Any:
-    """A matplotlib figure as a PIL image (and the figure closed); anything else unchanged.
+    """A matplotlib figure as a PIL image (:func:`lllite.figures.figure_image`); anything else unchanged.
 
-    A picture can be replaced in place by a live view; a figure left open would also be shown a
-    second time by the inline backend at the end of the cell.
+    A picture can be replaced in place by a live view. A figure made with pyplot is closed too: left
+    open, the inline backend would show it a second time at the end of the cell.
     """
     if not type(item).__module__.startswith("matplotlib"):
         return item
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    item.savefig(buffer, format="png")
-    plt.close(item)
-    buffer.seek(0)
-    with Image.open(buffer) as opened:
-        return opened.convert("RGB")
+    picture = figure_image(item)
+    pyplot = sys.modules.get("matplotlib.pyplot")  # loaded by whoever made a pyplot figure
+    if pyplot is not None:
+        pyplot.close(item)
+    return picture
 
 
 def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]):
@@ -354,18 +350,15 @@ def _parameter_counts(cond_emb_dim: int, network_dim: int) -> tuple[tuple[str, i
 
 
 def plot_parameter_counts(counts: Mapping[str, int]):
-    """Horizontal bars on a log scale, each labelled with its count and its size in float16."""
-    import matplotlib.pyplot as plt
-
+    """Horizontal bars on a log scale, each labelled with its count and its size in float16 (a Figure)."""
     names, values = list(counts), list(counts.values())
-    figure, axes = plt.subplots(figsize=(7, 0.6 * len(names) + 1.2), dpi=100)
+    figure, axes = new_figure(7, 0.6 * len(names) + 1.2)
     axes.barh(names[::-1], values[::-1], color=["C2", "C1", "C0"][-len(names):])
     axes.set_xscale("log")
     axes.set_xlabel("parameters (log scale)")
     for y, value in enumerate(values[::-1]):
         axes.text(value, y, f" {value / 1e6:,.1f} M ({2 * value / 2**20:,.0f} MiB in fp16)", va="center", fontsize=9)
     axes.set_xlim(right=max(values) * 60)
-    figure.tight_layout()
     return figure
 
 
@@ -395,14 +388,13 @@ def attachment_table(unet, image_size: int = 1024, up_path: bool = False) -> lis
 
 
 def plot_attachment(unet, up_path: bool = False):
-    """SDXL's U drawn as its transformer-block positions by resolution level, adapted blocks marked with their module count."""
-    import matplotlib.pyplot as plt
-
+    """SDXL's U drawn as its transformer-block positions by resolution level, adapted blocks marked with
+    their module count (a Figure)."""
     from .names import attention_blocks, unet_layout
 
     counts = {row.sgm: row.modules for row in attachment_table(unet, up_path=up_path)}
     blocks = attention_blocks(*unet_layout(unet))
-    figure, axes = plt.subplots(figsize=(9, 3.2), dpi=100)
+    figure, axes = new_figure(9, 3.2)
     for x, block in enumerate(blocks):
         adapted = block.sgm in counts
         present = _has_block(unet, block.diffusers)
@@ -418,7 +410,6 @@ def plot_attachment(unet, up_path: bool = False):
     axes.set_ylim(3.6, 0.5)
     axes.set_title(f"{sum(counts.values())} LLLite modules (blue, with counts); grey: transformer blocks left alone; "
                    "white: no transformer", fontsize=9)
-    figure.tight_layout()
     return figure
 
 
@@ -783,9 +774,7 @@ def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = ST
 
 def plot_fidelity(curve: FidelityCurve):
     """Shape IoU and edge F-score (mean, one standard deviation) against strength; strength 0 is the base model."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 3.6), dpi=100)
+    figure, axes = new_figure(6, 3.6)
     for metric, label in (("iou", "shape IoU"), ("edge_f", "edge F-score")):
         axes.errorbar(curve.strengths, curve.means(metric), yerr=curve.stds(metric), marker="o", capsize=4, label=label)
     axes.axhline(curve.means("iou")[0], color="0.6", linestyle="--", linewidth=0.8,
@@ -794,5 +783,4 @@ def plot_fidelity(curve: FidelityCurve):
     axes.set_ylabel("control fidelity")
     axes.set_ylim(0, 1)
     axes.legend(fontsize=8)
-    figure.tight_layout()
     return figure

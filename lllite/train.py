@@ -369,11 +369,7 @@ def load_checkpoint(folder: Path, network: LLLiteNetwork) -> dict:
 
 def loss_figure(losses: Sequence[tuple[int, float]]):
     """Loss per step and its moving average, as a PIL image."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
+    from .figures import figure_image, new_figure
 
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
@@ -382,21 +378,13 @@ def loss_figure(losses: Sequence[tuple[int, float]]):
     for value in values:
         cumulative.append(cumulative[-1] + value)
     smooth = [(cumulative[i + 1] - cumulative[max(0, i - window + 1)]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
-    # A Figure without pyplot: no global state, so a notebook's own plots and other threads are untouched.
-    figure = Figure(figsize=(6, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = new_figure(6, 3.5)
     axes.plot(steps, values, color="0.75", linewidth=0.8, label="loss")
     axes.plot(steps, smooth, color="C0", label=f"mean of {window}")
     axes.set_xlabel("step")
     axes.set_ylabel("noise MSE")
     axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        return image.convert("RGB")
+    return figure_image(figure)
 
 
 def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
