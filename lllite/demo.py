@@ -276,7 +276,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
             chunk = slice(first, first + 16)
             images[strength] += generate(pipe, network, controls[chunk], prompts[chunk], seed=seeds[chunk],
                                          num_inference_steps=config.num_inference_steps,
-                                         guidance_scale=config.guidance_scale, strength=strength)
+                                         guidance_scale=config.guidance_scale, multiplier=strength)
     ious = {s: [shape_iou(np.asarray(im), sample.mask, sample.colour) for im, sample in zip(images[s], held_out)]
             for s in config.strengths}
     network.remove()

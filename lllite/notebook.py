@@ -32,7 +32,7 @@ from .metrics import edge_f_score, shape_iou
 from .module import LLLiteModule, token_grid
 from .names import find_targets
 from .network import create_network
-from .sampling import STRENGTHS, generate, image_grid
+from .sampling import MULTIPLIERS, generate, image_grid, side_by_side
 from .sdxl import SDXL_BASE, SDXL_UNET_CONFIG, sdxl_unet
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -472,10 +472,10 @@ def init_comparison(pipe, control, prompt: str, seed: int = 0, num_inference_ste
     """
     settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed)
     probe = fresh_network(pipe.unet, "zero up (weight and bias)")
-    base = generate(pipe, probe, control, prompt, strength=0.0, **settings)[0]
+    base = generate(pipe, probe, control, prompt, multiplier=0.0, **settings)[0]
     images, differences = [base], {}
     for init in INITS:
-        image = generate(pipe, fresh_network(pipe.unet, init, seed), control, prompt, strength=1.0, **settings)[0]
+        image = generate(pipe, fresh_network(pipe.unet, init, seed), control, prompt, multiplier=1.0, **settings)[0]
         differences[init] = float(np.abs(np.asarray(image, np.float32) - np.asarray(base, np.float32)).mean())
         images.append(image)
     labels = ["base model"] + [f"{init}: {differences[init]:.2f}" for init in INITS]
@@ -692,20 +692,19 @@ def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequ
     return next((Path(p) for p in trained if Path(p).is_file()), None)
 
 
-def control_view(pipe, network, control, prompt: str, strength: float, steps_range: tuple[float, float], seed: int,
-                 num_inference_steps: int = 20) -> Image.Image:
+def control_view(pipe, network, control, prompt: str, multiplier: float, control_guidance: tuple[float, float],
+                 seed: int, num_inference_steps: int = 20) -> Image.Image:
     """The control, the image without the network and the image with it (:func:`lllite.sampling.side_by_side`).
 
     Args:
-        strength: the network's multiplier.
-        steps_range: (start, end) fractions of the denoising steps where the network acts, as a range slider gives them.
+        multiplier: the network's strength.
+        control_guidance: (control_guidance_start, control_guidance_end), the fractions of the denoising
+            steps where the network acts, as a range slider gives them.
         seed: the seed of both images.
     """
-    from .sampling import side_by_side
-
-    start, end = steps_range
-    return side_by_side(pipe, network, control, prompt, seed=seed, strength=strength, start=start, end=end,
-                        num_inference_steps=num_inference_steps)
+    start, end = control_guidance
+    return side_by_side(pipe, network, control, prompt, seed=seed, multiplier=multiplier, control_guidance_start=start,
+                        control_guidance_end=end, num_inference_steps=num_inference_steps)
 
 
 def unused_path(path: str | os.PathLike) -> Path:
@@ -735,7 +734,7 @@ class FidelityCurve:
 
 
 @torch.no_grad()
-def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = STRENGTHS,
+def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = MULTIPLIERS,
                          num_inference_steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 8,
                          progress: bool = True) -> FidelityCurve:
     """Generate every held-out shape at every strength (canny control, its caption, seed = its index) and score it.
@@ -762,7 +761,7 @@ def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = ST
             chunk = samples[first:first + batch_size]
             images = generate(pipe, network, controls[first:first + len(chunk)], [s.caption for s in chunk],
                               seed=list(range(first, first + len(chunk))), num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, strength=strength)
+                              guidance_scale=guidance_scale, multiplier=strength)
             for sample, image in zip(chunk, images):
                 array = np.asarray(image.convert("RGB"))
                 curve.iou[strength].append(shape_iou(array, sample.mask, sample.colour))

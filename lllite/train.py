@@ -406,8 +406,8 @@ def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config
         control = dataset[index]["conditioning_image"][None]
         images = [generate(pipe, network, control, sample.pair.caption, seed=config.sample_seed,
                            num_inference_steps=config.sample_num_inference_steps,
-                           guidance_scale=config.sample_guidance_scale, strength=strength)[0]
-                  for strength in (0.0, 1.0)]
+                           guidance_scale=config.sample_guidance_scale, multiplier=multiplier)[0]
+                  for multiplier in (0.0, 1.0)]
         rows.append([to_pil(control)[0], *images])
         labels.append(sample.pair.caption or "(no caption)")
     return image_grid(rows, ["control", "strength 0", "strength 1"], labels, title=f"step {step}")

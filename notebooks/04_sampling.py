@@ -19,9 +19,10 @@
 #
 # Load an LLLite file (one you trained in notebook 03, or a published one such as kohya's
 # `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline, and see what its
-# settings do: the **strength** (the multiplier of every module), the **step range** (the fraction of
-# the denoising steps where it acts, like diffusers' `control_guidance_start/end`) and the **seed**.
-# Then compare strengths side by side, and measure how closely the images follow the control.
+# settings do: the **strength** (`multiplier`, kohya's name: how much of each module's change is
+# applied), the **step range** (the fractions of the denoising steps where it acts:
+# `control_guidance_start` and `control_guidance_end`, diffusers' names) and the **seed**. Then
+# compare strengths side by side, and measure how closely the images follow the control.
 
 # %%
 # Setup: in Colab, install the project; everywhere, find the GPU and choose the model.
@@ -107,9 +108,9 @@ from ipywidgets import FloatRangeSlider, FloatSlider, IntSlider
 from lllite.notebook import LiveView, control_view
 
 LiveView(partial(control_view, pipe, network, control, prompt, num_inference_steps=steps),
-         strength=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
-         steps_range=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
-                                      continuous_update=False),
+         multiplier=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
+         control_guidance=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
+                                           continuous_update=False),
          seed=IntSlider(value=0, min=0, max=99, description="seed", continuous_update=False))
 
 # %% [markdown]
@@ -162,5 +163,5 @@ markdown_table([(s, f"{iou:.3f}", f"{f:.3f}") for s, iou, f in zip(curve.strengt
 # ## More than one network
 #
 # Several LLLite files can act at once, each with its own control image and strength:
-# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, strength=[0.8, 0.5])`.
+# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, multiplier=[0.8, 0.5])`.
 # LoRAs loaded with `pipe.load_lora_weights` work alongside.

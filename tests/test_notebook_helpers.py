@@ -304,8 +304,8 @@ def test_the_control_view_shows_control_without_and_with_and_refuses_an_empty_st
     control = canny(render_sample(0, size=64).image)
     picture = control_view(pipe, network, control, "a red circle", 0.5, (0.2, 0.8), 3, num_inference_steps=2)
     parameters = json.loads(picture.info["parameters"])
-    assert [(p["strength"], p["seed"]) for p in parameters] == [(0.0, 3), (0.5, 3)]
-    assert (parameters[1]["start"], parameters[1]["end"]) == (0.2, 0.8) and picture.width > 3 * 64
+    assert [(p["multiplier"], p["seed"]) for p in parameters] == [(0.0, 3), (0.5, 3)]
+    assert (parameters[1]["control_guidance_start"], parameters[1]["control_guidance_end"]) == (0.2, 0.8) and picture.width > 3 * 64
     with pytest.raises(ValueError, match="0 <= start < end <= 1"):
         control_view(pipe, network, control, "a red circle", 1.0, (0.5, 0.5), 0, num_inference_steps=2)
 
