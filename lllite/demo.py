@@ -5,8 +5,8 @@
 
 It writes the shapes dataset (canny controls), trains an LLLite on the pretrained toy SDXL for at most
 ``max_train_seconds``, then generates held-out shapes at several strengths and scores each image by
-the IoU between the caption's colour and the target shape. Strength 0 is the base model alone, which
-puts the shape anywhere: its IoU is the chance level the control has to beat.
+the IoU between the caption's colour and the target shape (:mod:`lllite.evaluate`). Strength 0 is the
+base model alone, which puts the shape anywhere: its IoU is the chance level the control has to beat.
 
 Outputs in ``--out``: ``metrics.json``, ``comparison.png`` (control, target, one column per strength),
 ``iou_vs_strength.png``, the trained ``train/lllite_toy_canny.safetensors`` and its loss curve.
@@ -23,17 +23,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
-from .figures import new_figure, save_figure
+from .evaluate import fidelity_by_strength, plot_fidelity
+from .figures import save_figure
 from .files import write_text_atomic
-from .metrics import shape_iou
-from .sampling import generate, image_grid, save_png
+from .sampling import MULTIPLIERS, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
 from .train import TrainConfig, TrainError, TrainResult, train
 
@@ -48,9 +46,9 @@ class DemoConfig:
     Args:
         out: output folder.
         train_samples: shapes in the training set.
-        eval_samples: held-out shapes scored at every strength.
+        eval_samples: held-out shapes scored at every multiplier.
         size: image side in pixels (the toy SDXL is trained at 128).
-        strengths: the multipliers compared.
+        multipliers: the strengths compared.
         max_train_seconds: training time budget.
         max_train_steps: most training steps; the cosine learning rate anneals over these steps or over
             ``max_train_seconds``, whichever runs out first.
@@ -80,7 +78,7 @@ class DemoConfig:
     train_samples: int = 2000
     eval_samples: int = 32
     size: int = 128
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    multipliers: tuple[float, ...] = MULTIPLIERS
     max_train_seconds: float = 300.0
     max_train_steps: int = 4000
     train_batch_size: int = 8
@@ -140,24 +138,6 @@ def _prepare(out: Path, overwrite: bool) -> None:
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _by_colour(ious: list[float], samples) -> dict[str, float]:
-    """Mean IoU per caption colour: a colour the base model cannot draw scores 0 at every strength."""
-    colours = sorted({s.colour for s in samples})
-    return {c: float(np.mean([v for v, s in zip(ious, samples) if s.colour == c])) for c in colours}
-
-
-def plot_iou(strengths, means, stds, path: Path) -> None:
-    """Mean shape IoU (with one standard deviation) against strength, as a PNG."""
-    figure, axes = new_figure(5, 3.5)
-    axes.errorbar(strengths, means, yerr=stds, marker="o", capsize=4)
-    axes.axhline(means[0], color="0.6", linestyle="--", label="strength 0: the base model's chance level")
-    axes.set_xlabel("LLLite strength (multiplier)")
-    axes.set_ylabel("shape IoU")
-    axes.set_ylim(0, 1)
-    axes.legend(loc="upper left", fontsize=8)
-    save_figure(figure, path)
 
 
 def _train_process(rank: int, world: int, port: int, config: TrainConfig, pipe, threads: int, results) -> None:
@@ -266,38 +246,26 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
 
     # 3. Held-out controls at every strength, scored by shape IoU.
     held_out = eval_samples(config.eval_samples, seed=config.seed, size=config.size)
-    controls = torch.stack([torch.from_numpy(canny(s.image)).permute(2, 0, 1).float() / 127.5 - 1 for s in held_out])
-    prompts = [s.caption for s in held_out]
-    seeds = list(range(len(held_out)))
-    images: dict[float, list] = {}
-    for strength in tqdm(config.strengths, desc="evaluating strengths", unit="strength"):
-        images[strength] = []
-        for first in range(0, len(held_out), 16):
-            chunk = slice(first, first + 16)
-            images[strength] += generate(pipe, network, controls[chunk], prompts[chunk], seed=seeds[chunk],
-                                         num_inference_steps=config.num_inference_steps,
-                                         guidance_scale=config.guidance_scale, multiplier=strength)
-    ious = {s: [shape_iou(np.asarray(im), sample.mask, sample.colour) for im, sample in zip(images[s], held_out)]
-            for s in config.strengths}
+    rows = min(config.grid_rows, len(held_out))
+    fidelity = fidelity_by_strength(pipe, network, held_out, multipliers=config.multipliers,
+                                    num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                                    batch_size=16, keep_images=rows)
     network.remove()
 
     # 4. Pictures and numbers.
-    keys = [str(float(s)) for s in config.strengths]
-    means = [float(np.mean(ious[s])) for s in config.strengths]
-    stds = [float(np.std(ious[s])) for s in config.strengths]
-    rows = []
-    for i in range(min(config.grid_rows, len(held_out))):
-        rows.append([Image.fromarray(canny(held_out[i].image)), Image.fromarray(held_out[i].image)]
-                    + [images[s][i] for s in config.strengths])
-    labels = ["control", "target"] + [f"strength {s:g} (IoU {m:.2f})" for s, m in zip(config.strengths, means)]
-    grid = image_grid(rows, labels, [prompts[i] for i in range(len(rows))],
+    keys = [str(m) for m in fidelity.multipliers]
+    means, stds = fidelity.means("iou"), fidelity.stds("iou")
+    grid_rows = [[Image.fromarray(canny(sample.image)), Image.fromarray(sample.image)]
+                 + [fidelity.images[m][i] for m in fidelity.multipliers] for i, sample in enumerate(held_out[:rows])]
+    labels = ["control", "target"] + [f"strength {m:g} (IoU {v:.2f})" for m, v in zip(fidelity.multipliers, means)]
+    grid = image_grid(grid_rows, labels, [sample.caption for sample in held_out[:rows]],
                       title=f"toy canny LLLite, {result.steps} steps; mean IoU over {len(held_out)} held-out shapes")
     save_png(grid, out / "comparison.png", overwrite=True)
-    plot_iou(list(config.strengths), means, stds, out / "iou_vs_strength.png")
+    save_figure(plot_fidelity(fidelity, metrics=["iou"]), out / "iou_vs_strength.png")
     demo = DemoResult(
         strength_iou=dict(zip(keys, means)),
         strength_iou_std=dict(zip(keys, stds)),
-        strength_iou_by_colour={key: _by_colour(ious[s], held_out) for key, s in zip(keys, config.strengths)},
+        strength_iou_by_colour=dict(zip(keys, fidelity.by_colour("iou").values())),
         weights=str(result.weights),
         train_seconds=round(result.train_seconds, 1),
         train_steps=result.steps,

@@ -28,11 +28,10 @@ from .conditioning import canny
 from .data import CONDITIONING_BACKGROUND, IMAGE_BACKGROUND, DatasetConfig, PairingReport, SubsetConfig, load_rgb
 from .figures import figure_image, new_figure
 from .images import to_control_tensor
-from .metrics import edge_f_score, shape_iou
 from .module import LLLiteModule, token_grid
 from .names import find_targets
 from .network import create_network
-from .sampling import MULTIPLIERS, generate, image_grid, side_by_side
+from .sampling import generate, image_grid, side_by_side
 from .sdxl import SDXL_BASE, SDXL_UNET_CONFIG, sdxl_unet
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -715,71 +714,3 @@ def unused_path(path: str | os.PathLike) -> Path:
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
         number += 1
     return candidate
-
-
-@dataclass
-class FidelityCurve:
-    """Control fidelity by strength over held-out shapes: the caption colour's IoU with the target
-    shape, and the F-score of the image's edges against the control's."""
-
-    strengths: list[float]
-    iou: dict[float, list[float]]
-    edge_f: dict[float, list[float]]
-
-    def means(self, metric: str) -> list[float]:
-        return [float(np.mean(getattr(self, metric)[s])) for s in self.strengths]
-
-    def stds(self, metric: str) -> list[float]:
-        return [float(np.std(getattr(self, metric)[s])) for s in self.strengths]
-
-
-@torch.no_grad()
-def fidelity_by_strength(pipe, network, samples, strengths: Sequence[float] = MULTIPLIERS,
-                         num_inference_steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 8,
-                         progress: bool = True) -> FidelityCurve:
-    """Generate every held-out shape at every strength (canny control, its caption, seed = its index) and score it.
-
-    Args:
-        pipe, network: an SDXL pipeline and the LLLite network to measure.
-        samples: :class:`lllite.toy.shapes.ShapeSample` objects, e.g. ``eval_samples(16, size=...)``.
-        strengths: the multipliers compared.
-        num_inference_steps, guidance_scale: sampling settings.
-        batch_size: images generated at once.
-        progress: show a progress bar.
-    """
-    from tqdm.auto import tqdm
-
-    if not samples:
-        raise ValueError("fidelity_by_strength needs at least one sample")
-    strengths = [float(s) for s in strengths]
-    controls = torch.cat([to_control_tensor(canny(s.image)) for s in samples])
-    curve = FidelityCurve(strengths, {}, {})
-    bar = tqdm(total=len(strengths) * len(samples), desc="fidelity by strength", unit="image", disable=not progress)
-    for strength in strengths:
-        curve.iou[strength], curve.edge_f[strength] = [], []
-        for first in range(0, len(samples), batch_size):
-            chunk = samples[first:first + batch_size]
-            images = generate(pipe, network, controls[first:first + len(chunk)], [s.caption for s in chunk],
-                              seed=list(range(first, first + len(chunk))), num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, multiplier=strength)
-            for sample, image in zip(chunk, images):
-                array = np.asarray(image.convert("RGB"))
-                curve.iou[strength].append(shape_iou(array, sample.mask, sample.colour))
-                curve.edge_f[strength].append(edge_f_score(array, canny(sample.image)))
-            bar.update(len(chunk))
-    bar.close()
-    return curve
-
-
-def plot_fidelity(curve: FidelityCurve):
-    """Shape IoU and edge F-score (mean, one standard deviation) against strength; strength 0 is the base model."""
-    figure, axes = new_figure(6, 3.6)
-    for metric, label in (("iou", "shape IoU"), ("edge_f", "edge F-score")):
-        axes.errorbar(curve.strengths, curve.means(metric), yerr=curve.stds(metric), marker="o", capsize=4, label=label)
-    axes.axhline(curve.means("iou")[0], color="0.6", linestyle="--", linewidth=0.8,
-                 label="IoU at strength 0 (no control)")
-    axes.set_xlabel("LLLite strength (multiplier)")
-    axes.set_ylabel("control fidelity")
-    axes.set_ylim(0, 1)
-    axes.legend(fontsize=8)
-    return figure

@@ -151,12 +151,14 @@ show(step_range_grid(pipe, network, control, prompt, seeds=[0] if env.quick else
 # anywhere: that is the level the control has to beat.
 
 # %%
-from lllite.notebook import fidelity_by_strength, markdown_table, plot_fidelity
+from lllite.evaluate import fidelity_by_strength, plot_fidelity
+from lllite.notebook import markdown_table
 
 held_out = eval_samples(2 if env.quick else (8 if env.model == "sdxl" else 32), size=env.image_size)
-curve = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
-show(plot_fidelity(curve))
-markdown_table([(s, f"{iou:.3f}", f"{f:.3f}") for s, iou, f in zip(curve.strengths, curve.means("iou"), curve.means("edge_f"))],
+fidelity = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
+show(plot_fidelity(fidelity))
+iou, edge_f = fidelity.means("iou"), fidelity.means("edge_f")
+markdown_table([(m, f"{a:.3f}", f"{b:.3f}") for m, a, b in zip(fidelity.multipliers, iou, edge_f)],
                ["strength", "shape IoU", "edge F-score"])
 
 # %% [markdown]

@@ -21,13 +21,13 @@ from lllite.demo import DemoConfig
 from lllite.module import LLLiteModule
 from lllite.notebook import (
     INITS, Environment, LiveView, TrainingMonitor, attachment_table, canny_view, control_view, detect_environment,
-    embedding_channels, fidelity_by_strength, find_weights, first_step_gradients, fresh_network, init_comparison,
-    markdown_table, module_shapes, module_shapes_table, pair_view, parameter_counts, plot_fidelity, quick_mode, shapes_dataset,
+    embedding_channels, find_weights, first_step_gradients, fresh_network, init_comparison,
+    markdown_table, module_shapes, module_shapes_table, pair_view, parameter_counts, quick_mode, shapes_dataset,
     training_config, unused_path, validation_grids,
 )
 from lllite.sdxl import sdxl_unet
 from lllite.toy import build_pipeline
-from lllite.toy.shapes import eval_samples, render_sample, write_dataset
+from lllite.toy.shapes import render_sample, write_dataset
 
 TOY_CPU = Environment(in_colab=False, gpu=None, device="cpu", model="toy", quick=True)
 
@@ -316,18 +316,3 @@ def test_unused_path_never_points_at_an_existing_file(tmp_path):
     first.write_bytes(b"")
     (tmp_path / "grid-1.png").write_bytes(b"")
     assert unused_path(first) == tmp_path / "grid-2.png"
-
-
-def test_fidelity_by_strength_scores_every_sample_at_every_strength(pipe):
-    import lllite
-
-    network = lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8)
-    samples = eval_samples(2, size=64)
-    curve = fidelity_by_strength(pipe, network, samples, strengths=(0.0, 1.0), num_inference_steps=2, progress=False)
-    assert curve.strengths == [0.0, 1.0]
-    assert all(len(curve.iou[s]) == len(curve.edge_f[s]) == 2 for s in curve.strengths)
-    assert all(0.0 <= v <= 1.0 for s in curve.strengths for v in curve.iou[s] + curve.edge_f[s])
-    # a zero-initialised network changes nothing: every strength scores like the base model
-    assert curve.iou[0.0] == curve.iou[1.0]
-    legend = plot_fidelity(curve).axes[0].get_legend()
-    assert sorted(t.get_text() for t in legend.get_texts()) == ["IoU at strength 0 (no control)", "edge F-score", "shape IoU"]
