@@ -4,9 +4,10 @@
     python -m lllite demo --quick                 # a few steps, for a smoke test
 
 It writes the shapes dataset (canny controls), trains an LLLite on the pretrained toy SDXL for at most
-``max_train_seconds``, then generates held-out shapes at several strengths and scores each image by
-the IoU between the caption's colour and the target shape (:mod:`lllite.evaluate`). Strength 0 is the
-base model alone, which puts the shape anywhere: its IoU is the chance level the control has to beat.
+``max_train_seconds`` with the toy recipe (:class:`lllite.recipes.ToyRecipe`), then generates
+held-out shapes at several strengths and scores each image by the IoU between the caption's colour and
+the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, which puts the shape
+anywhere: its IoU is the chance level the control has to beat.
 
 Outputs in ``--out``: ``metrics.json``, ``comparison.png`` (control, target, one column per strength),
 ``iou_vs_strength.png``, the trained ``train/lllite_toy_canny.safetensors`` and its loss curve.
@@ -31,6 +32,7 @@ from .data import DatasetConfig, SubsetConfig
 from .evaluate import fidelity_by_strength, plot_fidelity
 from .figures import save_figure
 from .files import write_text_atomic
+from .recipes import ToyRecipe
 from .sampling import MULTIPLIERS, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
 from .train import TrainConfig, TrainError, TrainResult, train
@@ -40,31 +42,18 @@ OUTPUTS = ("data", "train", "metrics.json", "comparison.png", "iou_vs_strength.p
 
 
 @dataclass
-class DemoConfig:
-    """Settings of the demo; the defaults train for at most 5 minutes and finish in about 6.5 on 2 CPU cores.
+class DemoConfig(ToyRecipe):
+    """Settings of the demo: the toy recipe (:class:`lllite.recipes.ToyRecipe`, whose fields it takes)
+    and how to evaluate and run it. The defaults train for at most 5 minutes and finish in about 6.5 on
+    2 CPU cores.
 
     Args:
         out: output folder.
-        train_samples: shapes in the training set.
         eval_samples: held-out shapes scored at every multiplier.
         size: image side in pixels (the toy SDXL is trained at 128).
         multipliers: the strengths compared.
-        max_train_seconds: training time budget.
-        max_train_steps: most training steps; the cosine learning rate anneals over these steps or over
-            ``max_train_seconds``, whichever runs out first.
-        train_batch_size, learning_rate, cond_emb_dim, network_dim, up_path, timestep_sampling,
-            debiased_estimation_loss: the LLLite training recipe (see :class:`lllite.train.TrainConfig`).
-            Tuned on the earlier base weights (16000 pretraining steps; the shipped 6000-step base
-            scores 0.68 with these settings in two processes). Measured on the held-out shapes after
-            5 minutes (about 950 steps) in one process, mean IoU at strength 1: the noise loss alone
-            0.46, weighted by 1/sqrt(SNR) 0.70, and with the learning rate doubled to 4e-3 0.72;
-            batch 4 and 16, uniform timesteps, no up path, a learning rate of 8e-3 and network_dim
-            128 all scored lower. In two processes of batch 8 (about 780 steps of 16): 0.75, and 0.67
-            at a learning rate of 6e-3; two processes of batch 4 made no more steps than one process
-            of batch 8 (0.68).
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
-        seed: seeds the dataset, the training and the evaluation.
         threads: CPU threads for torch per process; the toy's kernels are too small to gain from
             more, and on a busy machine extra threads make every step several times slower.
         processes: CPU processes that train together (DDP, one per core), each on ``train_batch_size``
@@ -72,41 +61,19 @@ class DemoConfig:
             samples per second of one (776 steps of 16 in 5 minutes, against 1099 of 8). With a CUDA
             GPU the demo trains in one process on the same total batch.
         overwrite: replace the outputs of an earlier demo in ``out``.
+        **recipe: any :class:`lllite.recipes.ToyRecipe` field; ``seed`` also seeds the evaluation.
     """
 
     out: str = "lllite-demo"
-    train_samples: int = 2000
     eval_samples: int = 32
     size: int = 128
     multipliers: tuple[float, ...] = MULTIPLIERS
-    max_train_seconds: float = 300.0
-    max_train_steps: int = 4000
-    train_batch_size: int = 8
-    learning_rate: float = 4e-3
-    cond_emb_dim: int = 32
-    network_dim: int = 64
-    up_path: bool = True
-    timestep_sampling: str = "cubic"
-    debiased_estimation_loss: bool = True
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     grid_rows: int = 6
-    seed: int = 0
     threads: int = 1
     processes: int = 2
     overwrite: bool = False
-
-    def training_settings(self) -> dict:
-        """The :class:`lllite.train.TrainConfig` settings of this recipe (all but the dataset and output folder)."""
-        return dict(
-            pretrained_model_name_or_path="toy", output_name="lllite_toy_canny", cond_emb_dim=self.cond_emb_dim,
-            network_dim=self.network_dim, up_path=self.up_path, learning_rate=self.learning_rate,
-            train_batch_size=self.train_batch_size, lr_scheduler="cosine", lr_warmup_steps=min(50, self.max_train_steps // 10),
-            timestep_sampling=self.timestep_sampling, debiased_estimation_loss=self.debiased_estimation_loss,
-            max_train_steps=self.max_train_steps, max_train_seconds=self.max_train_seconds, mixed_precision="no",
-            gradient_checkpointing=False, cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw",
-            seed=self.seed, save_precision="float",
-        )
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":

@@ -49,7 +49,8 @@ print(env)
 
 # %%
 import lllite
-from lllite.notebook import find_weights, load_pipeline, shapes_dataset, training_config
+from lllite.notebook import find_weights, load_pipeline
+from lllite.recipes import shapes_dataset, training_config
 from lllite.train import train
 
 WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"
