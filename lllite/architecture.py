@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import LLLiteError
 from .figures import new_figure
 from .images import to_control_tensor
 from .module import LLLiteModule, token_grid
@@ -203,7 +204,7 @@ INITS = {
 def fresh_network(unet, init: str, seed: int = 0, cond_emb_dim: int = 32, network_dim: int = 64):
     """A new network started one of the :data:`INITS` ways (seeded)."""
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+        raise LLLiteError(f"unknown init {init!r}; choose one of {list(INITS)}")
     torch.manual_seed(seed)
     network = create_network(unet, cond_emb_dim=cond_emb_dim, network_dim=network_dim, zero_init=init == "zero up (weight and bias)")
     if init == "kohya: zero up weight only":

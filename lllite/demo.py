@@ -29,6 +29,7 @@ from PIL import Image
 
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
+from .errors import LLLiteError, OutputExistsError
 from .evaluate import fidelity_by_strength, plot_fidelity
 from .figures import save_figure
 from .files import write_text_atomic
@@ -101,7 +102,7 @@ class DemoResult:
 def _prepare(out: Path, overwrite: bool) -> None:
     existing = [out / name for name in OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} holds an earlier demo ({existing[0].name}); pass --overwrite or choose another --out")
+        raise OutputExistsError(f"{out} holds an earlier demo ({existing[0].name}); pass --overwrite or choose another --out")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
     """
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+            raise LLLiteError(f"{name} must be at least 1, got {getattr(config, name)}")
     started = time.monotonic()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)

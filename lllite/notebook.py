@@ -26,6 +26,7 @@ from PIL import Image
 
 from .conditioning import canny
 from .data import CONDITIONING_BACKGROUND, IMAGE_BACKGROUND, PairingReport, load_rgb
+from .errors import InputMissingError, LLLiteError
 from .figures import figure_image
 from .sampling import image_grid, side_by_side
 from .sdxl import SDXL_BASE
@@ -48,7 +49,7 @@ def quick_mode(environ: Mapping[str, str] | None = None) -> bool:
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise ValueError(f"{QUICK_ENV}={value!r}: set it to 1 for the quick setting, or to 0 (or leave it unset) for the full one")
+    raise LLLiteError(f"{QUICK_ENV}={value!r}: set it to 1 for the quick setting, or to 0 (or leave it unset) for the full one")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def detect_environment(model: str = "auto", environ: Mapping[str, str] | None = 
         environ: environment variables to read ``LLLITE_QUICK`` from (default: the process's).
     """
     if model not in MODELS:
-        raise ValueError(f"MODEL = {model!r}: choose 'auto' (real SDXL on a GPU, the toy otherwise), 'toy' or 'sdxl'")
+        raise LLLiteError(f"MODEL = {model!r}: choose 'auto' (real SDXL on a GPU, the toy otherwise), 'toy' or 'sdxl'")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     chosen = ("sdxl" if gpu else "toy") if model == "auto" else model
     if chosen == "sdxl" and gpu is None:
@@ -222,9 +223,9 @@ def pair_view(report: PairingReport, index: int, height: int = 256) -> Image.Ima
         height: display height in pixels; smaller images are enlarged to it.
     """
     if not report.pairs:
-        raise ValueError("the report has no usable pair; see its problems")
+        raise LLLiteError("the report has no usable pair; see its problems")
     if not 0 <= index < len(report.pairs):
-        raise ValueError(f"pair index {index} is out of range: the report has {len(report.pairs)} usable pairs (0..{len(report.pairs) - 1})")
+        raise LLLiteError(f"pair index {index} is out of range: the report has {len(report.pairs)} usable pairs (0..{len(report.pairs) - 1})")
     pair = report.pairs[index]
     image, _ = load_rgb(pair.image, IMAGE_BACKGROUND)
     conditioning, _ = load_rgb(pair.conditioning, CONDITIONING_BACKGROUND)
@@ -376,7 +377,7 @@ def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequ
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"WEIGHTS = {str(path)!r}: no such file; give a kohya-format LLLite .safetensors")
+            raise InputMissingError(f"WEIGHTS = {str(path)!r}: no such file; give a kohya-format LLLite .safetensors")
         return path
     if env.model == "sdxl":
         from huggingface_hub import hf_hub_download
