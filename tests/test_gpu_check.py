@@ -78,7 +78,7 @@ def test_fp16_numerics_of_the_136_modules_and_the_unet_are_finite_and_close_to_f
     modules = rows["lllite_modules"]
     assert modules["modules"] == len(modules["per_module"]) == 136
     assert modules["inf"] == 0 and modules["nan"] == 0
-    # fp16 keeps 11 significant bits (relative step 2^-11 = 4.9e-4); a few roundings stay well inside 1e-2.
+    # fp16 keeps 11 significant bits (unit roundoff 2^-11 = 4.9e-4); a few roundings stay well inside 1e-2.
     assert 0 < modules["max_rel_error"] < 1e-2 and 0 < modules["embedding_max_rel_error"] < 1e-2
     for part in ("bare", "lllite", "lllite_change"):
         errors = rows["unet"][part]
