@@ -354,9 +354,11 @@ def sample_check(pipe, network, size: int, steps: int) -> dict:
     from lllite.toy.shapes import eval_samples
 
     sample = eval_samples(1, size=size)[0]
+    started = time.perf_counter()
     images = [np.asarray(generate(pipe, network, canny(sample.image), sample.caption, seed=0, num_inference_steps=steps,
                                   strength=strength)[0], dtype=np.float32) for strength in (0.0, 1.0)]
-    return {"image_shape": list(images[1].shape), "image_mean": float(images[1].mean()), "image_std": float(images[1].std()),
+    return {"seconds": time.perf_counter() - started, "image_shape": list(images[1].shape),
+            "image_mean": float(images[1].mean()), "image_std": float(images[1].std()),
             "strength_effect": float(np.abs(images[1] - images[0]).mean())}
 
 
@@ -418,6 +420,9 @@ def toy_run(run: dict, mixed_precision: str, data: Path, output_dir: Path, toy: 
 
     # Sampling with the pipeline as train() left it (what a notebook's next cell does), then, if that
     # failed, with every part of it moved back to the training device.
+    run["pipeline_after_train"] = {name: f"{part.device} {str(part.dtype).removeprefix('torch.')}" for name, part in
+                                   (("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder),
+                                    ("text_encoder_2", pipe.text_encoder_2))}
     try:
         run["sampling"] = sample_check(pipe, result.network, size, toy.sample_steps)
     except Exception as error:
