@@ -123,3 +123,28 @@ def test_sections_that_would_start_after_the_time_budget_are_skipped_with_the_re
     entry = results["sections"]["fp16_numerics"]
     assert entry["status"] == "skipped" and "time budget" in entry["reason"]
     assert json.loads(out.read_text())["results"]["budget_s"] == 0
+
+
+def test_compile_times_the_compiled_variants_apart_and_a_compile_error_is_recorded(tmp_path, monkeypatch):
+    import torch
+
+    # The plumbing, without inductor's minutes: "compiling" returns the module itself, then fails.
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    results = gpu_check.main(["--quick", "--device", "cpu", "--sections", "c", "--compile", "--repeats", "1",
+                              "--out", str(tmp_path / "compiled.json")])
+    row = results["sections"]["sdxl_inference"]["sizes"]["64"]
+    assert set(row["compile"]) == {"unet_compiled", "lllite_compiled"}
+    assert all(entry["compile_s"] > 0 for entry in row["compile"].values())
+    assert {"unet_compiled", "lllite_compiled", "lllite_compiled_first_step"} <= set(row["variants"])
+
+    def no_compiler(module):
+        raise RuntimeError("inductor needs a C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    results = gpu_check.main(["--quick", "--device", "cpu", "--sections", "c", "--compile", "--repeats", "1",
+                              "--out", str(tmp_path / "failed.json")])
+    entry = results["sections"]["sdxl_inference"]
+    assert entry["status"] == "ok"
+    assert entry["sizes"]["64"]["compile"]["unet_compiled"] == {"error": "RuntimeError: inductor needs a C++ compiler"}
+    assert set(entry["sizes"]["64"]["variants"]) == {"unet", "lllite", "lllite_first_step", "lllite_up",
+                                                     "lllite_up_first_step", "controlnet"}
