@@ -8,6 +8,7 @@ downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime as dt
 import json
@@ -15,9 +16,9 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -25,11 +26,16 @@ import torch.nn as nn
 import lllite
 from lllite.files import write_text_atomic
 from lllite.module import token_grid
-from lllite.sdxl import fill_weights, sdxl_unet
+from lllite.sdxl import SDXL_UNET_CONFIG, fill_weights, sdxl_unet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROMPT_TOKENS = 77  # one CLIP context, as SDXL pipelines pass for a short prompt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: SDXL's UNet layout (the same blocks and transformer depths, so LLLite still has 136 modules) at a
+#: tiny width: the models of ``--quick`` runs that must take seconds on a CPU.
+TINY_SDXL_UNET_CONFIG = {**SDXL_UNET_CONFIG, "block_out_channels": [32, 64, 128], "attention_head_dim": [1, 2, 4],
+                         "cross_attention_dim": 64, "addition_time_embed_dim": 8,
+                         "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8, "sample_size": 8}
 
 
 @dataclass
@@ -46,6 +52,7 @@ class BenchConfig:
         threads: CPU threads for PyTorch (None: its default, one per core).
         out: where the JSON goes.
         overwrite: replace ``out`` if it exists.
+        options: the script's own flags, by name (those ``parse_config``'s ``add_arguments`` added).
     """
 
     device: str = "cpu"
@@ -57,6 +64,7 @@ class BenchConfig:
     threads: int | None = None
     out: Path | None = None
     overwrite: bool = False
+    options: dict = field(default_factory=dict)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -64,10 +72,16 @@ class BenchConfig:
 
 
 def parse_config(name: str, description: str, sizes: list[int], quick_sizes: list[int],
-                 argv: list[str] | None = None) -> BenchConfig:
-    """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line."""
+                 argv: list[str] | None = None, default_device: str = "cpu",
+                 add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> BenchConfig:
+    """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line.
+
+    Args:
+        default_device: ``--device`` when it is not given.
+        add_arguments: adds a script's own flags to the parser; their values land in ``config.options``.
+    """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default=default_device, help=f"cpu or cuda (default {default_device})")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
                         help="default: float16 on cuda; on cpu bfloat16 (half the memory of float32) where "
                              "the CPU has bf16 instructions, float32 elsewhere (bf16 convolutions are hundreds "
@@ -80,7 +94,11 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
                         "other work, 1 keeps threads from waiting on each other")
     parser.add_argument("--out", type=Path, help=f"JSON results file (default benches/results/{name}_<device>_<time>.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
+    common = {f.name for f in fields(BenchConfig)}
+    options = {key: value for key, value in vars(args).items() if key not in common}
 
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -101,7 +119,8 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
     out = args.out or RESULTS_DIR / f"{name}_{device.split(':')[0]}_{stamp}.json"
     if out.exists() and not args.overwrite:
         parser.exit(2, f"{parser.prog}: error: {out} exists; pass --overwrite to replace it or choose another --out\n")
-    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite)
+    return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite,
+                       options)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -112,9 +131,18 @@ def materialize(model: nn.Module, config: BenchConfig, seed: int = 0) -> nn.Modu
     return fill_weights(model, seed).eval().requires_grad_(False)
 
 
-def sdxl_unet_meta() -> nn.Module:
-    """SDXL's UNet on the meta device (no memory): for counting, and as the template of the others."""
-    return sdxl_unet(device="meta")
+def sdxl_unet_meta(unet_config: Mapping | None = None) -> nn.Module:
+    """SDXL's UNet on the meta device (no memory): for counting, and as the template of the others.
+
+    Args:
+        unet_config: another layout, e.g. :data:`TINY_SDXL_UNET_CONFIG`; default SDXL's own.
+    """
+    if unet_config is None:
+        return sdxl_unet(device="meta")
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(dict(unet_config))
 
 
 def controlnet_meta(unet: nn.Module) -> nn.Module:
@@ -151,8 +179,16 @@ def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: int = 0) -> dict:
-    """UNet keyword arguments for one denoising step at ``size`` x ``size`` pixels, as SDXL pipelines pass them."""
+def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: int = 0,
+                unet_config: Mapping | None = None) -> dict:
+    """UNet keyword arguments for one denoising step at ``size`` x ``size`` pixels, as SDXL pipelines pass them.
+
+    Args:
+        unet_config: the UNet's configuration, whose text widths the inputs take; default SDXL's.
+    """
+    unet_config = SDXL_UNET_CONFIG if unet_config is None else unet_config
+    text_width = unet_config["cross_attention_dim"]
+    pooled_width = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
     device = "meta" if config is None else config.device
     dtype = torch.float32 if config is None else config.torch_dtype
     g = torch.Generator().manual_seed(seed)
@@ -168,8 +204,8 @@ def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: 
         sample=randn(batch, 4, latent, latent),
         # on meta the UNet moves it itself; LLLite reads its value, which a meta tensor has not
         timestep=torch.tensor(500.0, device="cpu" if device == "meta" else device),
-        encoder_hidden_states=randn(batch, PROMPT_TOKENS, 2048),
-        added_cond_kwargs=dict(text_embeds=randn(batch, 1280), time_ids=time_ids),
+        encoder_hidden_states=randn(batch, PROMPT_TOKENS, text_width),
+        added_cond_kwargs=dict(text_embeds=randn(batch, pooled_width), time_ids=time_ids),
     )
 
 
@@ -275,17 +311,20 @@ def release_freed_memory(device: str) -> None:
 
 
 class PeakMemory:
-    """Peak memory above the starting point within a ``with`` block, in bytes.
+    """Peak memory within a ``with`` block, in bytes: ``peak_bytes``, and ``extra_bytes`` above the start.
 
-    On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the process's peak resident set (VmHWM),
-    reset on entry through ``/proc/self/clear_refs`` (Linux); it counts every allocation, PyTorch's
-    and the allocator's slack alike.
+    On CUDA: ``torch.cuda.max_memory_allocated`` (tensors only), and in ``reserved_peak_bytes``
+    ``max_memory_reserved`` (what PyTorch's caching allocator held of the GPU). On CPU: the process's
+    peak resident set (VmHWM), reset on entry through ``/proc/self/clear_refs`` (Linux); it counts every
+    allocation, PyTorch's and the allocator's slack alike, and ``reserved_peak_bytes`` is the same.
     """
 
     def __init__(self, device: str):
         self.device = device
         self.extra_bytes = 0
         self.start_bytes = 0
+        self.peak_bytes = 0
+        self.reserved_peak_bytes = 0
 
     def __enter__(self) -> "PeakMemory":
         release_freed_memory(self.device)
@@ -301,10 +340,11 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         if self.device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
         else:
-            peak = _status_kib("VmHWM") * 1024
-        self.extra_bytes = peak - self.start_bytes
+            self.peak_bytes = self.reserved_peak_bytes = _status_kib("VmHWM") * 1024
+        self.extra_bytes = self.peak_bytes - self.start_bytes
 
 
 def available_memory_bytes() -> int:
@@ -314,6 +354,30 @@ def available_memory_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+@contextlib.contextmanager
+def memory_ceiling(device: str, spare_bytes: int = 2 * 2**30) -> Iterator[None]:
+    """On CPU (Linux), let the block allocate only what the machine has free, less ``spare_bytes``.
+
+    Work that does not fit then fails with PyTorch's "can't allocate memory" error instead of
+    swapping, or of waking the OOM killer, which may pick another program. It caps this process's
+    address space (``RLIMIT_AS``) and restores the limit afterwards. On CUDA it does nothing.
+    """
+    if device != "cpu" or not sys.platform.startswith("linux"):
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    ceiling = _status_kib("VmSize") * 1024 + max(0, available_memory_bytes() - spare_bytes)
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def require_memory(config: BenchConfig, needed_gib: float) -> None:
