@@ -356,7 +356,7 @@ def sample_check(pipe, network, size: int, steps: int) -> dict:
     sample = eval_samples(1, size=size)[0]
     started = time.perf_counter()
     images = [np.asarray(generate(pipe, network, canny(sample.image), sample.caption, seed=0, num_inference_steps=steps,
-                                  strength=strength)[0], dtype=np.float32) for strength in (0.0, 1.0)]
+                                  multiplier=multiplier)[0], dtype=np.float32) for multiplier in (0.0, 1.0)]
     return {"seconds": time.perf_counter() - started, "image_shape": list(images[1].shape),
             "image_mean": float(images[1].mean()), "image_std": float(images[1].std()),
             "strength_effect": float(np.abs(images[1] - images[0]).mean())}
