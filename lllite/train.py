@@ -5,8 +5,8 @@
     accelerate launch --num_processes 2 -m lllite.train --config my_lllite.toml   # several GPUs (DDP)
 
 Options carry kohya's names (``TrainConfig``). Only the LLLite network trains; the UNet, VAE and
-text encoders are frozen. The objective is SDXL's: DDPM noise (scaled_linear betas 0.00085..0.012,
-1000 steps), epsilon prediction, micro-conditioning time ids.
+text encoders are frozen. The objective is SDXL's (:mod:`lllite.objective`): DDPM noise, epsilon
+prediction, micro-conditioning time ids.
 
 Every random draw (data order per epoch, flips and caption dropout, noise, timesteps) is a function
 of ``seed`` and the step, so a run killed at any point and resumed from a checkpoint ends with the
@@ -34,7 +34,6 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
@@ -43,11 +42,11 @@ from .errors import LLLiteError
 from .files import write_atomic
 from .names import find_targets
 from .network import LLLiteNetwork, create_network
+from .objective import (LR_SCHEDULERS, TIMESTEP_SAMPLINGS, loss_weights, lr_factor, noise_loss, noise_scheduler,
+                        sample_noise, sample_timesteps, signal_to_noise)
 
 OPTIMIZERS = ("adamw", "adamw8bit")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 #: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
 TOY_MODEL = "toy"
@@ -452,24 +451,6 @@ def _usable_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
-def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int, time_used: float = 0.0) -> float:
-    """The learning rate's multiplier at ``step``, as diffusers' schedulers of the same name compute it.
-
-    ``time_used`` is the fraction of a time budget already spent; after warmup the decay follows the
-    larger of it and the fraction of steps done.
-    """
-    if kind == "constant":
-        return 1.0
-    if step < warmup_steps:
-        return step / warmup_steps
-    if kind == "constant_with_warmup":
-        return 1.0
-    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), time_used))
-    if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _make_optimizer(config: TrainConfig, parameters, accelerator):
     if config.optimizer_type == "adamw8bit":
         if importlib.util.find_spec("bitsandbytes") is not None and accelerator.device.type == "cuda":
@@ -561,7 +542,6 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         DatasetConfigError: the dataset TOML or its folders are wrong.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     mixed_precision = _usable_precision(config.mixed_precision)
     _reset_accelerate_for(mixed_precision)
@@ -643,9 +623,8 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     if tensorboard:
         accelerator.init_trackers("lllite", config={k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool))})
 
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                    beta_schedule="scaled_linear", prediction_type="epsilon")
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    scheduler = noise_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling_factor = vae.config.scaling_factor
 
     def write_outputs(at_step: int, final_file: bool) -> Path | None:
@@ -718,28 +697,16 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
                 else:
                     prompt_embeds, pooled = encode_prompts(tokenizers, text_encoders, batch["caption"])
                 time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1)
-                size = latents.shape[0]
-                noise = torch.randn(latents.shape, generator=generator)
-                if config.noise_offset:
-                    noise += config.noise_offset * torch.randn((size, latents.shape[1], 1, 1), generator=generator)
-                count = noise_scheduler.config.num_train_timesteps
-                if config.timestep_sampling == "cubic":
-                    timesteps = ((1 - torch.rand(size, generator=generator) ** 3) * count).long().clamp(0, count - 1)
-                else:
-                    timesteps = torch.randint(0, count, (size,), generator=generator)
-                noise, timesteps = noise.to(device), timesteps.to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                noise = sample_noise(latents.shape, generator, config.noise_offset).to(device)
+                timesteps = sample_timesteps(config.timestep_sampling, len(latents), generator).to(device)
+                noisy = scheduler.add_noise(latents, noise, timesteps)
             sync = micro == accumulation - 1
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                 prediction = model(noisy.to(weight_dtype), timesteps, batch["conditioning_image"].to(device),
                                    prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(device, weight_dtype))
-                loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-                snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
-                if config.min_snr_gamma is not None:
-                    loss = loss * torch.clamp(snr, max=config.min_snr_gamma) / snr
-                if config.debiased_estimation_loss:
-                    loss = loss / torch.sqrt(torch.clamp(snr, max=1000.0))
-                loss = loss.mean() / accumulation
+                weights = loss_weights(signal_to_noise(alphas_cumprod[timesteps]), min_snr_gamma=config.min_snr_gamma,
+                                       debiased=config.debiased_estimation_loss)
+                loss = noise_loss(prediction, noise, weights) / accumulation
                 accelerator.backward(loss)
             step_loss += loss.detach()
         step_loss = accelerator.reduce(step_loss, "mean").item()

@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 import lllite
 from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
+from lllite.objective import lr_factor
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import write_dataset
-from lllite.train import TrainConfig, TrainError, check_sdxl, lr_factor, main, step_generator, train
+from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
 
 
 @pytest.fixture(scope="module")

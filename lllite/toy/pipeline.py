@@ -12,6 +12,8 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from lllite.objective import SDXL_SCHEDULE
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAIN_COMMAND = "python -m lllite.toy.pretrain"
 
@@ -135,13 +137,9 @@ def _text_config(cfg: ToyConfig, hidden: int, tokenizer: CLIPTokenizer, projecti
 
 
 def make_scheduler() -> EulerDiscreteScheduler:
-    """SDXL's scheduler settings; training uses the same betas (DDPM, epsilon prediction)."""
+    """SDXL's sampling scheduler: Euler over the betas that training uses (:data:`lllite.objective.SDXL_SCHEDULE`)."""
     return EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        **SDXL_SCHEDULE,
         timestep_spacing="leading",
         steps_offset=1,
         interpolation_type="linear",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import math
 import multiprocessing
 import os
 import shutil
@@ -27,10 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
 from lllite.metrics import has_colour_blob, shape_iou
+from lllite.objective import (loss_weights, lr_factor, noise_loss, noise_scheduler, sample_noise, sample_timesteps,
+                              signal_to_noise)
 from lllite.toy.pipeline import WEIGHTS_DIR, build_pipeline
 from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples, render_sample
 
@@ -72,7 +73,10 @@ class PretrainConfig:
     # How each sample's noise loss is weighted by its timestep's signal-to-noise ratio: "uniform" (plain
     # MSE), "min-snr" (min(SNR, min_snr_gamma) / SNR) or "debiased" (1 / sqrt(SNR)). The last two move
     # the weight towards the noisy timesteps, where an image's colour and layout are decided; "debiased"
-    # moves it furthest, and reached the gate in 6000 steps where the plain loss needed 16000.
+    # moves it furthest, and reached the gate in 6000 steps where the plain loss needed 16000. The shipped
+    # weights were trained before "debiased" capped SNR at 1000 (as the LLLite trainer does; it changes
+    # the weight at t = 0 only) and before the warmup started from 0 instead of 1 / warmup_steps; the
+    # hour-long run has not been repeated since.
     loss_weighting: str = "debiased"
     min_snr_gamma: float = 5.0
     gate_seeds: int = 16
@@ -90,6 +94,8 @@ class PretrainConfig:
 
 
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "debiased")
+#: Both stages warm up linearly, then decay along a cosine to this fraction of their peak rate.
+MIN_LR_RATE = 0.1
 
 
 def _check_loss_weighting(weighting: str) -> None:
@@ -98,24 +104,11 @@ def _check_loss_weighting(weighting: str) -> None:
 
 
 def timestep_weights(alpha_cumprod: torch.Tensor, weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
-    """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``).
-
-    SNR is ``alpha_cumprod / (1 - alpha_cumprod)``; "min-snr" is Hang et al.'s min(SNR, gamma) / SNR for
-    epsilon prediction (1 on the noisy timesteps, less on the clean ones), "debiased" is 1 / sqrt(SNR).
-    """
+    """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``):
+    :func:`lllite.objective.loss_weights` with min-SNR ("min-snr"), 1 / sqrt(SNR) ("debiased") or neither."""
     _check_loss_weighting(weighting)
-    if weighting == "uniform":
-        return torch.ones_like(alpha_cumprod)
-    snr = alpha_cumprod / (1 - alpha_cumprod)
-    return snr.clamp(max=min_snr_gamma) / snr if weighting == "min-snr" else snr.rsqrt()
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return loss_weights(signal_to_noise(alpha_cumprod), min_snr_gamma=min_snr_gamma if weighting == "min-snr" else None,
+                        debiased=weighting == "debiased")
 
 
 class _Group:
@@ -222,8 +215,8 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         vae.quant_conv.bias[vae.config.latent_channels :] = cfg.initial_logvar
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor("cosine", step, cfg.warmup_steps, cfg.vae_steps, min_lr_rate=MIN_LR_RATE)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     limit = cfg.image_size - cfg.vae_crop
@@ -252,7 +245,7 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         loss.backward()
         group.sum_gradients(vae.parameters())
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
         progress.set_postfix(mse=f"{group.sum(reconstruction_loss.detach()).item():.4f}", kl=f"{kl.item():.0f}")
     vae.eval()
     vae.requires_grad_(False)
@@ -293,7 +286,7 @@ def train_unet(
     cfg: PretrainConfig,
     group: _Group | None = None,
 ) -> None:
-    """SDXL's objective: DDPM (scaled_linear 0.00085..0.012, 1000 steps), epsilon prediction, time ids.
+    """SDXL's objective (:mod:`lllite.objective`): DDPM noise, epsilon prediction, micro-conditioning time ids.
 
     The UNet and both text encoders train (the encoders at ``cfg.text_encoder_lr``); every step encodes
     the twelve distinct captions once and indexes them. A dropped caption uses zero text and pooled
@@ -304,16 +297,13 @@ def train_unet(
     group = group or _Group()
     share = group.share(cfg.unet_batch)
     unet = pipe.unet
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-    )
+    scheduler = noise_scheduler()
     distinct = sorted(set(captions))
     caption_index = torch.tensor([distinct.index(caption) for caption in captions])
     size = cfg.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
     scaling = pipe.vae.config.scaling_factor
-    alphas_cumprod = noise_scheduler.alphas_cumprod
+    alphas_cumprod = scheduler.alphas_cumprod
 
     trained = torch.nn.ModuleList([unet, pipe.text_encoder, pipe.text_encoder_2])
     trained.requires_grad_(True)
@@ -324,8 +314,8 @@ def train_unet(
         [{"params": unet.parameters(), "lr": cfg.unet_lr}, {"params": text_parameters, "lr": cfg.text_encoder_lr}],
         weight_decay=0.01,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor("cosine", step, cfg.warmup_steps, cfg.unet_steps, min_lr_rate=MIN_LR_RATE)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     progress = tqdm(range(cfg.unet_steps), desc="UNet", unit="step", mininterval=10, disable=not group.main)
@@ -336,9 +326,9 @@ def train_unet(
         noise_in_posterior = torch.randn(latent_mean[index].shape, generator=generator)[share]
         index = index[share]
         latents = (latent_mean[index] + latent_std[index] * noise_in_posterior) * scaling
-        noise = torch.randn((cfg.unet_batch, *latents.shape[1:]), generator=generator)[share]
-        timesteps = torch.randint(1000, (cfg.unet_batch,), generator=generator)[share]
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        noise = sample_noise((cfg.unet_batch, *latents.shape[1:]), generator)[share]
+        timesteps = sample_timesteps("uniform", cfg.unet_batch, generator)[share]
+        noisy = scheduler.add_noise(latents, noise, timesteps)
         keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()[share]
         text, pooled = caption_embeddings(pipe, distinct)
         text, pooled = text[caption_index[index]], pooled[caption_index[index]]
@@ -348,17 +338,14 @@ def train_unet(
             encoder_hidden_states=text * keep[:, None, None],
             added_cond_kwargs={"text_embeds": pooled * keep[:, None], "time_ids": time_ids.expand(len(index), 6)},
         ).sample
-        if cfg.loss_weighting == "uniform":
-            loss = F.mse_loss(prediction, noise)
-        else:
-            weight = timestep_weights(alphas_cumprod[timesteps], cfg.loss_weighting, cfg.min_snr_gamma)
-            loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        loss = noise_loss(prediction, noise, timestep_weights(alphas_cumprod[timesteps], cfg.loss_weighting,
+                                                              cfg.min_snr_gamma))
         optimizer.zero_grad(set_to_none=True)
         (loss / group.world).backward()
         group.sum_gradients(trained.parameters())
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for averaged, current in zip(ema.parameters(), trained.parameters()):
