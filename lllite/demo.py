@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
 from .files import write_atomic, write_text_atomic
+from .images import from_uint8
 from .metrics import shape_iou
 from .sampling import generate, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
@@ -272,7 +273,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
 
     # 3. Held-out controls at every strength, scored by shape IoU.
     held_out = eval_samples(config.eval_samples, seed=config.seed, size=config.size)
-    controls = torch.stack([torch.from_numpy(canny(s.image)).permute(2, 0, 1).float() / 127.5 - 1 for s in held_out])
+    controls = from_uint8(np.stack([canny(s.image) for s in held_out]))
     prompts = [s.caption for s in held_out]
     seeds = list(range(len(held_out)))
     images: dict[float, list] = {}

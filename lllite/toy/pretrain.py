@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
+from lllite.images import from_uint8, to_uint8
 from lllite.metrics import has_colour_blob, shape_iou
 from lllite.objective import (loss_weights, lr_factor, noise_loss, noise_scheduler, sample_noise, sample_timesteps,
                               signal_to_noise)
@@ -173,8 +174,7 @@ def render_training_set(cfg: PretrainConfig, progress: bool = True) -> tuple[tor
         images[index] = sample.image
         masks[index, 0] = sample.mask > 0
         captions.append(sample.caption)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return pixels, torch.from_numpy(masks), captions
+    return from_uint8(images), torch.from_numpy(masks), captions
 
 
 def outline_band(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -414,9 +414,8 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
 def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 48) -> dict[str, float]:
     """Encode and decode held-out shapes: a colour the VAE loses here, no UNet can draw."""
     samples = eval_samples(count, seed=1, size=size)
-    pixels = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in samples])
-    decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
-    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    pixels = from_uint8(np.stack([s.image for s in samples]))
+    images = to_uint8(pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample)
     scores: dict[str, list[float]] = {}
     for sample, image in zip(samples, images):
         scores.setdefault(sample.colour, []).append(shape_iou(image, sample.mask, sample.colour))
