@@ -86,6 +86,8 @@ def test_a_failing_training_process_is_reported_and_the_others_are_not_waited_fo
 
     monkeypatch.setattr(lllite.demo, "train", second_process_fails)  # the forked processes inherit it
     started = time.monotonic()
-    with pytest.raises(lllite.demo.TrainError, match="training process 1 failed.*processes=1"):
+    with pytest.raises(lllite.demo.TrainError, match="training process 1 failed.*processes=1") as raised:
         run_demo(quick(tmp_path, processes=2), build_pipeline("test"))
     assert time.monotonic() - started < 60
+    # The failed process's own error, not "see its error above": that had scrolled away.
+    assert "RuntimeError: out of memory" in str(raised.value) and "in second_process_fails" in str(raised.value)

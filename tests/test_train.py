@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import lllite
 from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
+from lllite.launch import launch
 from lllite.objective import lr_factor
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import write_dataset
@@ -309,24 +308,15 @@ def test_the_command_line_reports_a_user_mistake_in_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ DDP
 
 
-def _ddp_worker(rank: int, world: int, port: int, shapes: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    # A forked child inherits the parent's single-process accelerate state; a launched process has none.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    result = train(config(Path(shapes), Path(out), max_train_steps=3), build_pipeline("test"))
+def _ddp_worker(shapes: Path, out: Path) -> None:
+    result = train(config(shapes, out, max_train_steps=3), build_pipeline("test"))
     torch.save({"weights": weights_of(result.network), "losses": result.losses, "file": result.weights},
-               Path(out).parent / f"rank{rank}.pt")
+               out.parent / f"rank{os.environ['RANK']}.pt")
 
 
 def test_two_cpu_processes_train_as_one_ddp_job_with_identical_weights_and_one_writer(shapes, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # fork: the children inherit the imported libraries instead of importing them again (seconds each)
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(shapes), str(tmp_path / "out")), nprocs=2,
-                                          start_method="fork")
+    # The environment of `accelerate launch`, in forked processes that inherit the imported libraries.
+    launch(_ddp_worker, shapes, tmp_path / "out", processes=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for key, value in ranks[0]["weights"].items():
         assert torch.equal(ranks[1]["weights"][key], value), key

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
 from lllite.images import from_uint8, to_uint8
+from lllite.launch import launch
 from lllite.metrics import has_colour_blob, shape_iou
 from lllite.objective import (loss_weights, lr_factor, noise_loss, noise_scheduler, sample_noise, sample_timesteps,
                               signal_to_noise)
@@ -425,8 +424,8 @@ def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Train the toy pipeline, save it to ``cfg.out_dir`` and return the quality gate's rates.
 
-    With ``cfg.processes > 1`` this process trains as the first of them and forks the others (one
-    core each); only this one prints and writes.
+    With ``cfg.processes > 1`` the work runs in that many forked processes (one core each, started by
+    :func:`lllite.launch.launch`) while this one waits; the first of them prints and writes.
     """
     _check_loss_weighting(cfg.loss_weighting)
     if cfg.processes < 1:
@@ -435,48 +434,16 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         if getattr(cfg, name) % cfg.processes:
             raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
                              "every process trains on an equal share of each batch")
-    torch.set_num_threads(cfg.threads)  # before forking: the children keep it
     if cfg.processes == 1:
+        torch.set_num_threads(cfg.threads)
         return _pretrain(cfg, _Group())
-    if dist.is_initialized():
-        raise RuntimeError("pretrain(processes > 1) starts its own process group; call it with processes=1 here")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # fork: the children inherit the imported libraries instead of importing them again.
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_worker, args=(rank, cfg, port), daemon=True, name=f"pretrain-{rank}")
-               for rank in range(1, cfg.processes)]
-    for worker in workers:
-        worker.start()
-    try:
-        _join(0, cfg.processes, port)
-        rates = _pretrain(cfg, _Group(0, cfg.processes))
-        for worker in workers:
-            worker.join()
-        failed = [worker.name for worker in workers if worker.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"pretraining process {failed[0]} failed; see its error above")
-        return rates
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return launch(_pretrain_in_group, cfg, processes=cfg.processes, threads=cfg.threads, name="pretraining process")
 
 
-def _join(rank: int, world: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=10))
-
-
-def _worker(rank: int, cfg: PretrainConfig, port: int) -> None:
-    _join(rank, cfg.processes, port)
-    try:
-        _pretrain(cfg, _Group(rank, cfg.processes))
-    finally:
-        dist.destroy_process_group()
+def _pretrain_in_group(cfg: PretrainConfig) -> dict[str, float]:
+    """One of the launched processes: join the others (rank and address from the environment), then train."""
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
+    return _pretrain(cfg, _Group(dist.get_rank(), dist.get_world_size()))
 
 
 def _pretrain(cfg: PretrainConfig, group: _Group) -> dict[str, float]:
