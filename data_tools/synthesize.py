@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from lllite.conditioning import KINDS, make_conditioning
+from lllite.pipelines import load_pipeline
 
 from data_tools.common import CommandError, write_atomic, write_text_atomic
 from data_tools.make_conditioning import ConditioningOptions
@@ -216,31 +217,12 @@ def _derive_conditioning(out_dir: Path, config: SynthesisConfig, progress: bool)
             write_atomic(out_dir / kind / f"{_name(index)}.png", lambda temporary: Image.fromarray(result).save(temporary, format="PNG"))
 
 
-def load_model(model: str, device: str, dtype: torch.dtype):
-    """``toy`` for the project's pretrained toy SDXL, else a hub id or a local diffusers folder."""
-    if model == "toy":
-        from lllite.toy import load_pipeline
-
-        try:
-            return load_pipeline(device=device, dtype=dtype)
-        except FileNotFoundError as error:
-            raise CommandError(f"--model toy: {error}") from None
-    from diffusers import StableDiffusionXLPipeline
-
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise CommandError(f"--model {model}: cannot load an SDXL pipeline from it ({str(error).splitlines()[0]})") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=Path, required=True, help="text file, one prompt per line, {a|b} wildcards")
     parser.add_argument("--out", type=Path, required=True, help="output folder (continued if it exists)")
     parser.add_argument("--num-images", type=int, required=True, help="how many images the folder should hold")
     parser.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0",
-                        help="hub id, local diffusers folder, or 'toy' (default: SDXL base 1.0)")
+                        help="hub id, local diffusers folder, single-file checkpoint, or 'toy' (default: SDXL base 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
     parser.add_argument("--guidance-scale", type=float, default=7.0, help="classifier-free guidance (default: 7.0)")
@@ -276,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
     )
     dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") and not toy else "float32")
-    pipe = load_model(args.model, args.device, getattr(torch, dtype_name))
+    pipe = load_pipeline(args.model, dtype=getattr(torch, dtype_name), device=args.device, what="--model")
     generated, kept = synthesize(pipe, config, args.out)
     print(f"{generated} image(s) generated, {kept} already there, in {args.out}")
     return 0

@@ -194,7 +194,7 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
     Args:
         config: the demo's settings.
-        pipe: the SDXL pipeline to train on; by default the pretrained toy (:func:`lllite.toy.load_pipeline`).
+        pipe: the SDXL pipeline to train on; by default the pretrained toy (``lllite.load_pipeline("toy")``).
     """
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
@@ -209,12 +209,12 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
 
 def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
-    from .toy import load_pipeline
+    from .pipelines import load_pipeline
 
     out = Path(config.out)
     _prepare(out, config.overwrite)
     if pipe is None:
-        pipe = load_pipeline()
+        pipe = load_pipeline("toy")
 
     # 1. The shapes dataset in kohya's layout: images, captions, canny controls.
     data = write_dataset(out / "data", config.train_samples, seed=config.seed, size=config.size)

@@ -44,12 +44,11 @@ from .names import find_targets
 from .network import LLLiteNetwork, create_network
 from .objective import (LR_SCHEDULERS, TIMESTEP_SAMPLINGS, loss_weights, lr_factor, noise_loss, noise_scheduler,
                         sample_noise, sample_timesteps, signal_to_noise)
+from .pipelines import load_pipeline
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
-#: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
-TOY_MODEL = "toy"
 
 
 class TrainError(LLLiteError):
@@ -200,27 +199,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ model
-
-
-def load_sdxl(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """An SDXL pipeline from a hub id, a local diffusers folder, a single-file checkpoint or ``"toy"``."""
-    from diffusers import StableDiffusionXLPipeline
-
-    path = Path(name_or_path).expanduser()
-    if not path.exists() and name_or_path == TOY_MODEL:
-        from .toy import load_pipeline
-
-        return load_pipeline(dtype=dtype)
-    try:
-        if path.is_file():
-            return StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype)
-        return StableDiffusionXLPipeline.from_pretrained(str(path) if path.is_dir() else name_or_path, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(
-            f"pretrained_model_name_or_path {name_or_path!r} could not be loaded as an SDXL pipeline ({first}); "
-            "give a hub id with internet access, a local diffusers folder, or a .safetensors checkpoint"
-        ) from None
 
 
 def check_sdxl(pipe, name: str = "the model") -> None:
@@ -562,7 +540,7 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
     if pipe is None:
-        pipe = load_sdxl(config.pretrained_model_name_or_path)
+        pipe = load_pipeline(config.pretrained_model_name_or_path, what="pretrained_model_name_or_path")
     check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
     unet, vae = pipe.unet, pipe.vae
     text_encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]

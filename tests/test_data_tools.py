@@ -279,7 +279,7 @@ def test_synthesis_refuses_to_continue_a_folder_made_with_other_settings(pipe, t
 
 
 def test_synthesize_cli_makes_a_dataset_that_passes_check_and_loads(pipe, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("data_tools.synthesize.load_model", lambda model, device, dtype: pipe)
+    monkeypatch.setattr("data_tools.synthesize.load_pipeline", lambda model, dtype, device, what: pipe)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a {red|yellow} circle\n")
     out = tmp_path / "synthetic"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import lllite
-import lllite.toy
+import lllite.pipelines
 from lllite.__main__ import main
 from lllite.demo import DemoConfig, run_demo
 from lllite.names import find_targets
@@ -47,7 +47,7 @@ def test_the_demo_refuses_to_replace_an_earlier_demo_unless_asked(tmp_path):
 
 
 def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lllite.toy, "load_pipeline", lambda: build_pipeline("test"))
+    monkeypatch.setattr(lllite.pipelines, "load_pipeline", lambda name: build_pipeline("test"))
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
