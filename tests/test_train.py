@@ -98,6 +98,45 @@ def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterru
         torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_a_resumed_run_follows_the_learning_rate_schedule_of_an_uninterrupted_one(shapes, tmp_path):
+    # No scheduler state is saved: the rate of every step follows from the step (and the time used).
+    settings = dict(max_train_steps=5, lr_scheduler="cosine", lr_warmup_steps=2, learning_rate=3e-3)
+    whole = train(config(shapes, tmp_path / "whole", **settings), build_pipeline("test"))
+    pipe = build_pipeline("test")
+    calls = {"n": 0}
+
+    def die_in_step_four(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+
+    handle = pipe.unet.register_forward_pre_hook(die_in_step_four, with_kwargs=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(shapes, tmp_path / "cut", save_every_n_steps=3, **settings), pipe)
+    handle.remove()
+    resumed = train(config(shapes, tmp_path / "cut", save_every_n_steps=3, resume="latest", **settings),
+                    build_pipeline("test"))
+    assert resumed.steps == 5
+    for key, value in weights_of(whole.network).items():
+        torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_holds_the_training_time_used_and_a_resumed_run_counts_it_against_its_budget(shapes, tmp_path):
+    train(config(shapes, tmp_path, max_train_steps=3, save_every_n_steps=2), build_pipeline("test"))
+    state_file = tmp_path / "checkpoints" / "step-00000002" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert state["step"] == 2 and 0 < state["train_seconds"] < 120 and "lr_scheduler" not in state
+    torch.save({**state, "train_seconds": 100.0}, state_file)
+    resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
+                    build_pipeline("test"))
+    assert resumed.stopped_by == "max_train_seconds" and resumed.steps == 2
+    # A checkpoint without the time used (as earlier versions wrote them) resumes with none used.
+    torch.save({key: value for key, value in state.items() if key != "train_seconds"}, state_file)
+    resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
+                    build_pipeline("test"))
+    assert resumed.stopped_by == "max_train_steps" and resumed.steps == 3
+
+
 def test_checkpoints_keep_only_the_newest_and_hold_optimizer_state(shapes, tmp_path):
     train(config(shapes, tmp_path, max_train_steps=4, save_every_n_steps=1, checkpoints_total_limit=2), build_pipeline("test"))
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
