@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
+from .errors import OutputExistsError
 from .files import write_atomic, write_text_atomic
 from .images import from_uint8
 from .launch import ProcessFailedError, launch
@@ -133,7 +134,7 @@ class DemoResult:
 def _prepare(out: Path, overwrite: bool) -> None:
     existing = [out / name for name in OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} holds an earlier demo ({existing[0].name}); pass --overwrite or choose another --out")
+        raise OutputExistsError(f"{out} holds an earlier demo ({existing[0].name}); pass --overwrite or choose another --out")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
     """
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+            raise TrainError(f"{name} must be at least 1, got {getattr(config, name)}")
     started = time.monotonic()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)

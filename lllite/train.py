@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
+from .data import (BucketBatchSampler, DatasetConfig, PairedDataset, collate, encode_prompts,
                    load_dataset_config, read_toml)
 from .errors import LLLiteError
 from .files import write_atomic
@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         result = train(config)
-    except (TrainError, DatasetConfigError, FileNotFoundError, FileExistsError) as error:
+    except LLLiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.weights is not None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
+from lllite.errors import LLLiteError, OutputExistsError
 from lllite.images import from_uint8, to_uint8
 from lllite.launch import launch
 from lllite.metrics import has_colour_blob, shape_iou
@@ -98,9 +99,13 @@ LOSS_WEIGHTINGS = ("uniform", "min-snr", "debiased")
 MIN_LR_RATE = 0.1
 
 
+class PretrainError(LLLiteError):
+    """A pretraining setting that cannot work; the message names it and what would."""
+
+
 def _check_loss_weighting(weighting: str) -> None:
     if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+        raise PretrainError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
 
 
 def timestep_weights(alpha_cumprod: torch.Tensor, weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
@@ -429,11 +434,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """
     _check_loss_weighting(cfg.loss_weighting)
     if cfg.processes < 1:
-        raise ValueError(f"processes must be at least 1, got {cfg.processes}")
+        raise PretrainError(f"processes must be at least 1, got {cfg.processes}")
     for name in ("vae_batch", "unet_batch"):
         if getattr(cfg, name) % cfg.processes:
-            raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
-                             "every process trains on an equal share of each batch")
+            raise PretrainError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
+                                "every process trains on an equal share of each batch")
     if cfg.processes == 1:
         torch.set_num_threads(cfg.threads)
         return _pretrain(cfg, _Group())
@@ -496,12 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overwrite = args.__dict__.pop("overwrite")
     cfg = PretrainConfig(**vars(args))
-    if (cfg.out_dir / "model_index.json").exists() and not overwrite:
-        print(f"error: {cfg.out_dir} already holds a pipeline; pass --overwrite to replace it", file=sys.stderr)
-        return 1
     try:
+        if (cfg.out_dir / "model_index.json").exists() and not overwrite:
+            raise OutputExistsError(f"{cfg.out_dir} already holds a pipeline; pass --overwrite to replace it")
         rates = pretrain(cfg)
-    except ValueError as error:
+    except LLLiteError as error:  # exit status 1: 2 says that the pipeline was written but failed its gate
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0 if min(rates.values()) >= 0.8 else 2
