@@ -31,7 +31,7 @@ from data_tools.make_conditioning import ConditioningOptions
 _WILDCARD = re.compile(r"\{([^{}]*)\}")
 
 # Settings that decide what image i looks like: a run may only be continued with the same ones.
-_IDENTITY = ("prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "model")
+_IDENTITY = ("prompts", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height", "model")
 
 
 def expand_wildcards(template: str, rng: random.Random) -> str:
@@ -73,7 +73,7 @@ class SynthesisConfig:
         prompts: prompt templates with ``{a|b}`` wildcards; image i uses template i mod len(prompts).
         num_images: total images wanted in the folder (a larger number on a later run adds more).
         seed: image i is drawn with seed + i, wildcards included.
-        steps, guidance_scale, width, height, negative_prompt: passed to the pipeline; width and
+        num_inference_steps, guidance_scale, width, height, negative_prompt: passed to the pipeline; width and
             height in pixels, multiples of 64 like the training buckets.
         conditioning: conditioning kinds to derive from each image.
         conditioning_options: thresholds / radii of those kinds.
@@ -85,7 +85,7 @@ class SynthesisConfig:
     prompts: list[str]
     num_images: int
     seed: int = 0
-    steps: int = 30
+    num_inference_steps: int = 30
     guidance_scale: float = 7.0
     width: int = 1024
     height: int = 1024
@@ -102,8 +102,8 @@ class SynthesisConfig:
             raise CommandError(f"--num-images must be at least 1, got {self.num_images}")
         if self.width % 64 or self.height % 64 or min(self.width, self.height) < 64:
             raise CommandError(f"--width/--height must be multiples of 64 (the training buckets' step), got {self.width}x{self.height}")
-        if self.batch_size < 1 or self.steps < 1:
-            raise CommandError("--batch-size and --steps must be at least 1")
+        if self.batch_size < 1 or self.num_inference_steps < 1:
+            raise CommandError("--batch-size and --num-inference-steps must be at least 1")
         unknown = [kind for kind in self.conditioning if kind not in KINDS]
         if unknown:
             raise CommandError(f"--conditioning: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}")
@@ -128,6 +128,8 @@ def _check_settings(out_dir: Path, config: SynthesisConfig) -> None:
             previous = json.loads(record.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CommandError(f"{record} is not the settings file this command writes; use another --out folder") from None
+        if "steps" in previous:  # written before the setting took diffusers' name
+            previous["num_inference_steps"] = previous.pop("steps")
         changed = [key for key in _IDENTITY if previous.get(key) != config.identity()[key]]
         if changed:
             raise CommandError(
@@ -190,7 +192,7 @@ def synthesize(pipe, config: SynthesisConfig, out_dir: str | Path, progress: boo
         result = pipe(
             prompt=prompts,
             negative_prompt=[config.negative_prompt] * len(indices) if config.negative_prompt else None,
-            num_inference_steps=config.steps,
+            num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
             width=config.width,
             height=config.height,
@@ -224,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0",
                         help="hub id, local diffusers folder, single-file checkpoint, or 'toy' (default: SDXL base 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    parser.add_argument("--num-inference-steps", type=int, default=30, help="denoising steps (default: 30)")
     parser.add_argument("--guidance-scale", type=float, default=7.0, help="classifier-free guidance (default: 7.0)")
     parser.add_argument("--width", type=int, help="pixels (default: 1024, or 128 with --model toy)")
     parser.add_argument("--height", type=int, help="pixels (default: 1024, or 128 with --model toy)")
@@ -247,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         prompts=read_prompts(args.prompts),
         num_images=args.num_images,
         seed=args.seed,
-        steps=args.steps,
+        num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
         width=args.width or side,
         height=args.height or side,

@@ -364,8 +364,8 @@ def train_unet(
 
 @torch.no_grad()
 def quality_gate(
-    pipe: StableDiffusionXLPipeline, seeds: int = 16, steps: int = 20, guidance_scale: float = 5.0, size: int = 128,
-    group: _Group | None = None,
+    pipe: StableDiffusionXLPipeline, seeds: int = 16, num_inference_steps: int = 20, guidance_scale: float = 5.0,
+    size: int = 128, group: _Group | None = None,
 ) -> dict[str, float]:
     """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour
     with a plausible size (:func:`lllite.metrics.has_colour_blob`). Several processes share the captions."""
@@ -378,7 +378,7 @@ def quality_gate(
             [caption] * seeds,
             height=size,
             width=size,
-            num_inference_steps=steps,
+            num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)],
             output_type="np",
