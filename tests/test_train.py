@@ -41,6 +41,18 @@ def weights_of(network) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
+def kill_at_unet_call(pipe, call: int):
+    """Stop a run as a kill would, in the middle of a step: at the UNet's ``call``-th forward (one per step here)."""
+    calls = {"n": 0}
+
+    def kill(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+
+    return pipe.unet.register_forward_pre_hook(kill, with_kwargs=True)
+
+
 def test_training_writes_a_kohya_file_with_metadata_a_loss_plot_and_validation_grids(shapes, tmp_path):
     pipe = build_pipeline("test")
     result = train(config(shapes, tmp_path, sample_every_n_steps=2, sample_num_inference_steps=2,
@@ -77,14 +89,7 @@ def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterru
     whole = train(config(shapes, tmp_path / "whole", max_train_steps=6), build_pipeline("test"))
 
     pipe = build_pipeline("test")
-    calls = {"n": 0}
-
-    def die_in_step_five(module, args, kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-
-    handle = pipe.unet.register_forward_pre_hook(die_in_step_five, with_kwargs=True)
+    handle = kill_at_unet_call(pipe, 5)
     with pytest.raises(KeyboardInterrupt):
         train(config(shapes, tmp_path / "cut", max_train_steps=6, save_every_n_steps=2), pipe)
     handle.remove()
@@ -103,14 +108,7 @@ def test_a_resumed_run_follows_the_learning_rate_schedule_of_an_uninterrupted_on
     settings = dict(max_train_steps=5, lr_scheduler="cosine", lr_warmup_steps=2, learning_rate=3e-3)
     whole = train(config(shapes, tmp_path / "whole", **settings), build_pipeline("test"))
     pipe = build_pipeline("test")
-    calls = {"n": 0}
-
-    def die_in_step_four(module, args, kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-
-    handle = pipe.unet.register_forward_pre_hook(die_in_step_four, with_kwargs=True)
+    handle = kill_at_unet_call(pipe, 4)
     with pytest.raises(KeyboardInterrupt):
         train(config(shapes, tmp_path / "cut", save_every_n_steps=3, **settings), pipe)
     handle.remove()
