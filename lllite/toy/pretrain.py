@@ -301,13 +301,13 @@ def train_unet(
     group = group or _Group()
     share = group.share(cfg.unet_batch)
     unet = pipe.unet
-    scheduler = noise_scheduler()
+    ddpm = noise_scheduler()
     distinct = sorted(set(captions))
     caption_index = torch.tensor([distinct.index(caption) for caption in captions])
     size = cfg.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
     scaling = pipe.vae.config.scaling_factor
-    alphas_cumprod = scheduler.alphas_cumprod
+    alphas_cumprod = ddpm.alphas_cumprod
 
     trained = torch.nn.ModuleList([unet, pipe.text_encoder, pipe.text_encoder_2])
     trained.requires_grad_(True)
@@ -332,7 +332,7 @@ def train_unet(
         latents = (latent_mean[index] + latent_std[index] * noise_in_posterior) * scaling
         noise = sample_noise((cfg.unet_batch, *latents.shape[1:]), generator)[share]
         timesteps = sample_timesteps("uniform", cfg.unet_batch, generator)[share]
-        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noisy = ddpm.add_noise(latents, noise, timesteps)
         keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()[share]
         text, pooled = caption_embeddings(pipe, distinct)
         text, pooled = text[caption_index[index]], pooled[caption_index[index]]
