@@ -15,11 +15,7 @@ Outputs in ``--out``: ``metrics.json``, ``comparison.png`` (control, target, one
 from __future__ import annotations
 
 import json
-import multiprocessing
-import multiprocessing.connection
-import os
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +29,7 @@ from .errors import LLLiteError, OutputExistsError
 from .evaluate import fidelity_by_strength, plot_fidelity
 from .figures import save_figure
 from .files import write_text_atomic
+from .launch import ProcessFailedError, launch
 from .recipes import ToyRecipe
 from .sampling import MULTIPLIERS, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
@@ -108,20 +105,10 @@ def _prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _train_process(rank: int, world: int, port: int, config: TrainConfig, pipe, threads: int, results) -> None:
-    """One DDP process: the environment ``accelerate launch`` would give it, then the trainer."""
-    from accelerate.state import AcceleratorState
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
-    torch.set_num_threads(threads)
-    # A forked process inherits its parent's single-process accelerate state; a launched one has none.
-    AcceleratorState._reset_state(reset_partial_state=True)
+def _train_process(config: TrainConfig, pipe) -> tuple:
+    """One of the training processes (DDP through accelerate); the first returns what it trained."""
     result = train(config, pipe)
-    if rank == 0:
-        results.put((str(result.weights), result.steps, result.losses, result.train_seconds, result.stopped_by))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    return str(result.weights), result.steps, result.losses, result.train_seconds, result.stopped_by
 
 
 def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int) -> TrainResult:
@@ -134,35 +121,11 @@ def _train_in_processes(config: TrainConfig, pipe, processes: int, threads: int)
     import lllite
 
     config.cache_latents_to_disk = True
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    workers = [context.Process(target=_train_process, args=(rank, processes, port, config, pipe, threads, results),
-                               name=f"training process {rank}") for rank in range(processes)]
-    failed = None
     try:
-        for worker in workers:
-            worker.start()
-        running = list(workers)
-        # Wait for every process, but not for the others once one has failed: they would wait for it.
-        while running and failed is None:
-            done = multiprocessing.connection.wait([worker.sentinel for worker in running])
-            for worker in [w for w in running if w.sentinel in done]:
-                worker.join()
-                running.remove(worker)
-                if worker.exitcode != 0 and failed is None:
-                    failed = worker
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join()
-    if failed is not None or results.empty():
-        name = failed.name if failed is not None else "training process 0"
-        raise TrainError(f"{name} failed (see its error above); run with processes=1 to train in this process")
-    weights, steps, losses, seconds, stopped_by = results.get()
+        weights, steps, losses, seconds, stopped_by = launch(_train_process, config, pipe, processes=processes,
+                                                             threads=threads, name="training process")
+    except ProcessFailedError as failed:
+        raise TrainError(f"{failed.summary}; run with processes=1 to train in this process\n{failed.trace}") from None
     shutil.rmtree(Path(config.output_dir) / "cache", ignore_errors=True)
     return TrainResult(lllite.load(weights), Path(weights), steps, losses, seconds, stopped_by)
 
@@ -172,7 +135,7 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
     Args:
         config: the demo's settings.
-        pipe: the SDXL pipeline to train on; by default the pretrained toy (:func:`lllite.toy.load_pipeline`).
+        pipe: the SDXL pipeline to train on; by default the pretrained toy (``lllite.load_pipeline("toy")``).
     """
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
@@ -187,12 +150,12 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
 
 def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
-    from .toy import load_pipeline
+    from .pipelines import load_pipeline
 
     out = Path(config.out)
     _prepare(out, config.overwrite)
     if pipe is None:
-        pipe = load_pipeline()
+        pipe = load_pipeline("toy")
 
     # 1. The shapes dataset in kohya's layout: images, captions, canny controls.
     data = write_dataset(out / "data", config.train_samples, seed=config.seed, size=config.size)

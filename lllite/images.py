@@ -1,7 +1,8 @@
-"""Control images in, tensors out: the one conversion every entry point shares.
+"""Images in, tensors out and back: the one place where uint8 RGB meets [-1, 1].
 
 The published LLLite models read RGB in [-1, 1] (``uint8 / 127.5 - 1``) with no other
-preprocessing: a canny control is white edges on black.
+preprocessing: a canny control is white edges on black. The VAE reads and writes the same range, so
+training images, decoded images and controls all convert here.
 """
 from __future__ import annotations
 
@@ -12,17 +13,30 @@ import torch
 from PIL import Image
 
 
-def _from_uint8(array: np.ndarray, what: str) -> torch.Tensor:
+def from_uint8(array: np.ndarray, what: str = "image") -> torch.Tensor:
+    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1], as ``uint8 / 127.5 - 1``.
+
+    Args:
+        what: how error messages name the argument.
+    """
     if array.dtype != np.uint8:
         raise TypeError(
-            f"{what}: numpy control images must be uint8 RGB (H, W, 3), got dtype {array.dtype}; "
+            f"{what}: numpy images must be uint8 RGB (H, W, 3), got dtype {array.dtype}; "
             "for float data pass a torch tensor (B, 3, H, W) in [-1, 1]"
         )
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"{what}: expected a uint8 array (H, W, 3) or (B, H, W, 3), got shape {array.shape}")
-    return torch.from_numpy(np.array(array, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if not (array.flags.writeable and array.flags.c_contiguous):
+        array = np.array(array, copy=True)  # np.asarray of a PIL image is read-only, a flipped view has negative strides
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 RGB (B, H, W, 3), clamped and rounded: the inverse of :func:`from_uint8`."""
+    pixels = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
 
 
 def to_control_tensor(image, what: str = "control image") -> torch.Tensor:
@@ -35,9 +49,9 @@ def to_control_tensor(image, what: str = "control image") -> torch.Tensor:
         what: how error messages name the argument.
     """
     if isinstance(image, Image.Image):
-        return _from_uint8(np.asarray(image.convert("RGB")), what)
+        return from_uint8(np.asarray(image.convert("RGB")), what)
     if isinstance(image, np.ndarray):
-        return _from_uint8(image, what)
+        return from_uint8(image, what)
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError(f"{what}: an empty list")
@@ -70,5 +84,4 @@ def to_control_tensor(image, what: str = "control image") -> torch.Tensor:
 
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
-    array = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in array]
+    return [Image.fromarray(array) for array in to_uint8(tensor)]

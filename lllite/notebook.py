@@ -98,23 +98,13 @@ def detect_environment(model: str = "auto", environ: Mapping[str, str] | None = 
 
 
 def load_pipeline(env: Environment):
-    """The SDXL pipeline the environment asks for, on its device.
+    """The SDXL pipeline the environment asks for, on its device (:func:`lllite.load_pipeline`): real
+    SDXL from the hub (in float16 on a GPU), or the pretrained toy shipped with the package."""
+    from .pipelines import load_pipeline as load
 
-    Real SDXL is downloaded from the hub (in float16 on a GPU); the toy is the pretrained one shipped
-    with the package (:func:`lllite.toy.load_pipeline`).
-    """
-    if env.model == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
-        half = env.device == "cuda"
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            SDXL_BASE, torch_dtype=torch.float16 if half else torch.float32, variant="fp16" if half else None,
-            use_safetensors=True, add_watermarker=False,
-        )
-        return pipe.to(env.device)
-    from .toy import load_pipeline as load_toy
-
-    return load_toy(device=env.device)
+    half = env.model == "sdxl" and env.device == "cuda"
+    return load(SDXL_BASE if env.model == "sdxl" else "toy", dtype=torch.float16 if half else torch.float32,
+                device=env.device, variant="fp16" if half else None, what="MODEL")
 
 
 # ------------------------------------------------------------------------------------------ pictures
