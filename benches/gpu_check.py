@@ -380,11 +380,12 @@ TOY_RUN_QUICK = ToySetting(size=64, samples=8, batch=2, steps=4, sample_steps=2)
 def toy_run(run: dict, mixed_precision: str, data: Path, output_dir: Path, toy: ToySetting) -> None:
     """One training run of the real trainer; fills ``run`` as it goes."""
     from lllite.data import DatasetConfig, SubsetConfig
-    from lllite.train import TOY_MODEL, TrainConfig, load_sdxl, train
+    from lllite.pipelines import TOY, load_pipeline
+    from lllite.train import TrainConfig, train
 
     size, steps = toy.size, toy.steps
     train_config = TrainConfig(
-        pretrained_model_name_or_path=TOY_MODEL,
+        pretrained_model_name_or_path=TOY,
         dataset_config=DatasetConfig([SubsetConfig(data / "images", data / "conditioning")], resolution=size,
                                      batch_size=toy.batch),
         output_dir=str(output_dir), max_train_steps=steps, learning_rate=1e-3, mixed_precision=mixed_precision,
@@ -393,7 +394,7 @@ def toy_run(run: dict, mixed_precision: str, data: Path, output_dir: Path, toy: 
         sample_num_inference_steps=toy.sample_steps, progress=False, overwrite=True)
     run.update(steps_asked=steps, resolution=size, optimizer_type=train_config.optimizer_type,
                gradient_checkpointing=True, cached_latents_and_text=True)
-    pipe = load_sdxl(TOY_MODEL)
+    pipe = load_pipeline(TOY)
     torch.manual_seed(train_config.seed)  # the trainer seeds the same way before creating its network
     initial = {k: v.clone() for k, v in lllite.create_network(pipe.unet, train_config.cond_emb_dim,
                                                              train_config.network_dim).state_dict().items()}

@@ -274,6 +274,12 @@ def freeze(pipe, device: torch.device, weight_dtype: torch.dtype, gradient_check
     return vae_dtype
 
 
+def restore_encoders(pipe) -> None:
+    """Bring offloaded VAE and text encoders back to the UNet's device: the pipeline can sample again."""
+    for model in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        model.to(pipe.unet.device)
+
+
 def offload_encoders(pipe, config: TrainConfig) -> None:
     """On a GPU, move the VAE and the text encoders to the CPU when the dataset caches their outputs."""
     if pipe.unet.device.type != "cuda":
@@ -538,9 +544,7 @@ def validate(accelerator, pipe, network: LLLiteNetwork, dataset: PairedDataset, 
     if accelerator.is_main_process:
         from .sampling import save_png
 
-        if pipe.unet.device.type == "cuda":
-            for model in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-                model.to(pipe.unet.device)
+        restore_encoders(pipe)
         with accelerator.autocast():
             grid = validation_grid(pipe, network, dataset, config, step)
         save_png(grid, Path(config.output_dir) / "samples" / f"{config.output_name}-step{step:08d}.png", overwrite=True)
@@ -764,6 +768,7 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     accelerator.wait_for_everyone()
     if tensorboard:
         accelerator.end_training()
+    restore_encoders(pipe)  # a notebook samples from the same pipeline next
     network.eval()
     return TrainResult(network, weights, step, losses, train_seconds, stopped_by)
 

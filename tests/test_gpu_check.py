@@ -56,7 +56,7 @@ def test_the_toy_trainer_learns_writes_a_file_that_loads_back_and_samples(quick)
     assert run["validation_grids"] == 1
     sampling = run["sampling"]
     assert sampling["image_shape"] == [run["resolution"], run["resolution"], 3] and sampling["image_std"] > 1
-    # Where train() left each part of the pipeline (on a GPU the caches send the VAE and text encoders to the CPU).
+    # Where train() left each part of the pipeline (it brings back what the caches sent to the CPU).
     parts = run["pipeline_after_train"]
     assert set(parts) == {"unet", "vae", "text_encoder", "text_encoder_2"} and parts["unet"].endswith(" bfloat16")
 
