@@ -8,6 +8,7 @@ downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime as dt
 import json
@@ -15,9 +16,9 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -25,11 +26,16 @@ import torch.nn as nn
 import lllite
 from lllite.files import write_text_atomic
 from lllite.module import token_grid
-from lllite.sdxl import fill_weights, sdxl_unet
+from lllite.sdxl import SDXL_UNET_CONFIG, fill_weights, sdxl_unet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROMPT_TOKENS = 77  # one CLIP context, as SDXL pipelines pass for a short prompt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: SDXL's UNet layout (the same blocks and transformer depths, so LLLite still has 136 modules) at a
+#: tiny width: the models of ``--quick`` runs that must take seconds on a CPU.
+TINY_SDXL_UNET_CONFIG = {**SDXL_UNET_CONFIG, "block_out_channels": [32, 64, 128], "attention_head_dim": [1, 2, 4],
+                         "cross_attention_dim": 64, "addition_time_embed_dim": 8,
+                         "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8, "sample_size": 8}
 
 
 @dataclass
@@ -47,6 +53,7 @@ class BenchConfig:
         out: where the JSON goes.
         overwrite: replace ``out`` if it exists.
         compile: ``torch.compile`` mode for the scripts that take ``--compile`` (None: eager only).
+        options: the script's own flags, by name (those ``parse_config``'s ``add_arguments`` added).
     """
 
     device: str = "cpu"
@@ -59,6 +66,7 @@ class BenchConfig:
     out: Path | None = None
     overwrite: bool = False
     compile: str | None = None
+    options: dict = field(default_factory=dict)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -69,13 +77,18 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def parse_config(name: str, description: str, sizes: list[int], quick_sizes: list[int],
-                 argv: list[str] | None = None, compile_option: bool = False) -> BenchConfig:
+                 argv: list[str] | None = None, default_device: str = "cpu",
+                 add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 compile_option: bool = False) -> BenchConfig:
     """Read a :class:`BenchConfig` from the command line; a bad argument exits with one clear line.
 
-    ``compile_option`` adds ``--compile [MODE]``; its results go to ``<name>_compile_<device>_<time>.json``.
+    Args:
+        default_device: ``--device`` when it is not given.
+        add_arguments: adds a script's own flags to the parser; their values land in ``config.options``.
+        compile_option: add ``--compile [MODE]``; its results go to ``<name>_compile_<device>_<time>.json``.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default=default_device, help=f"cpu or cuda (default {default_device})")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
                         help="default: float16 on cuda; on cpu bfloat16 (half the memory of float32) where "
                              "the CPU has bf16 instructions, float32 elsewhere (bf16 convolutions are hundreds "
@@ -92,10 +105,14 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
         parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
                             help="compare torch.compile(fullgraph=True) variants (mode: default; on a GPU "
                                  "reduce-overhead adds CUDA graphs)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     compile_mode = getattr(args, "compile", None)
     if compile_mode:
         name = f"{name}_compile"
+    common = {f.name for f in fields(BenchConfig)}
+    options = {key: value for key, value in vars(args).items() if key not in common}
 
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -117,7 +134,7 @@ def parse_config(name: str, description: str, sizes: list[int], quick_sizes: lis
     if out.exists() and not args.overwrite:
         parser.exit(2, f"{parser.prog}: error: {out} exists; pass --overwrite to replace it or choose another --out\n")
     return BenchConfig(device, dtype, list(chosen), repeats, args.warmup, args.quick, args.threads, out, args.overwrite,
-                       compile_mode)
+                       compile_mode, options)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -128,9 +145,18 @@ def materialize(model: nn.Module, config: BenchConfig, seed: int = 0) -> nn.Modu
     return fill_weights(model, seed).eval().requires_grad_(False)
 
 
-def sdxl_unet_meta() -> nn.Module:
-    """SDXL's UNet on the meta device (no memory): for counting, and as the template of the others."""
-    return sdxl_unet(device="meta")
+def sdxl_unet_meta(unet_config: Mapping | None = None) -> nn.Module:
+    """SDXL's UNet on the meta device (no memory): for counting, and as the template of the others.
+
+    Args:
+        unet_config: another layout, e.g. :data:`TINY_SDXL_UNET_CONFIG`; default SDXL's own.
+    """
+    if unet_config is None:
+        return sdxl_unet(device="meta")
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(dict(unet_config))
 
 
 def controlnet_meta(unet: nn.Module) -> nn.Module:
@@ -167,8 +193,16 @@ def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: int = 0) -> dict:
-    """UNet keyword arguments for one denoising step at ``size`` x ``size`` pixels, as SDXL pipelines pass them."""
+def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: int = 0,
+                unet_config: Mapping | None = None) -> dict:
+    """UNet keyword arguments for one denoising step at ``size`` x ``size`` pixels, as SDXL pipelines pass them.
+
+    Args:
+        unet_config: the UNet's configuration, whose text widths the inputs take; default SDXL's.
+    """
+    unet_config = SDXL_UNET_CONFIG if unet_config is None else unet_config
+    text_width = unet_config["cross_attention_dim"]
+    pooled_width = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
     device = "meta" if config is None else config.device
     dtype = torch.float32 if config is None else config.torch_dtype
     g = torch.Generator().manual_seed(seed)
@@ -184,8 +218,8 @@ def unet_inputs(size: int, batch: int, config: BenchConfig | None = None, seed: 
         sample=randn(batch, 4, latent, latent),
         # on meta the UNet moves it itself; LLLite reads its value, which a meta tensor has not
         timestep=torch.tensor(500.0, device="cpu" if device == "meta" else device),
-        encoder_hidden_states=randn(batch, PROMPT_TOKENS, 2048),
-        added_cond_kwargs=dict(text_embeds=randn(batch, 1280), time_ids=time_ids),
+        encoder_hidden_states=randn(batch, PROMPT_TOKENS, text_width),
+        added_cond_kwargs=dict(text_embeds=randn(batch, pooled_width), time_ids=time_ids),
     )
 
 
@@ -339,17 +373,20 @@ def release_freed_memory(device: str) -> None:
 
 
 class PeakMemory:
-    """Peak memory above the starting point within a ``with`` block, in bytes.
+    """Peak memory within a ``with`` block, in bytes: ``peak_bytes``, and ``extra_bytes`` above the start.
 
-    On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the process's peak resident set (VmHWM),
-    reset on entry through ``/proc/self/clear_refs`` (Linux); it counts every allocation, PyTorch's
-    and the allocator's slack alike.
+    On CUDA: ``torch.cuda.max_memory_allocated`` (tensors only), and in ``reserved_peak_bytes``
+    ``max_memory_reserved`` (what PyTorch's caching allocator held of the GPU). On CPU: the process's
+    peak resident set (VmHWM), reset on entry through ``/proc/self/clear_refs`` (Linux); it counts every
+    allocation, PyTorch's and the allocator's slack alike, and ``reserved_peak_bytes`` is the same.
     """
 
     def __init__(self, device: str):
         self.device = device
         self.extra_bytes = 0
         self.start_bytes = 0
+        self.peak_bytes = 0
+        self.reserved_peak_bytes = 0
 
     def __enter__(self) -> "PeakMemory":
         release_freed_memory(self.device)
@@ -365,10 +402,11 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         if self.device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
         else:
-            peak = _status_kib("VmHWM") * 1024
-        self.extra_bytes = peak - self.start_bytes
+            self.peak_bytes = self.reserved_peak_bytes = _status_kib("VmHWM") * 1024
+        self.extra_bytes = self.peak_bytes - self.start_bytes
 
 
 def available_memory_bytes() -> int:
@@ -378,6 +416,30 @@ def available_memory_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+@contextlib.contextmanager
+def memory_ceiling(device: str, spare_bytes: int = 2 * 2**30) -> Iterator[None]:
+    """On CPU (Linux), let the block allocate only what the machine has free, less ``spare_bytes``.
+
+    Work that does not fit then fails with PyTorch's "can't allocate memory" error instead of
+    swapping, or of waking the OOM killer, which may pick another program. It caps this process's
+    address space (``RLIMIT_AS``) and restores the limit afterwards. On CUDA it does nothing.
+    """
+    if device != "cpu" or not sys.platform.startswith("linux"):
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    ceiling = _status_kib("VmSize") * 1024 + max(0, available_memory_bytes() - spare_bytes)
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def require_memory(config: BenchConfig, needed_gib: float) -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lllite.data import DatasetConfigError
+from lllite.errors import LLLiteError
 
 from data_tools import check, make_conditioning, synthesize
-from data_tools.common import CommandError
 
 COMMANDS = {
     "check": (check, "pair images with conditioning images and captions and report every problem"),
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CommandError, DatasetConfigError) as error:
+    except LLLiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

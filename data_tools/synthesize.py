@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from lllite.conditioning import KINDS, make_conditioning
+from lllite.pipelines import load_pipeline
 
 from data_tools.common import CommandError, write_atomic, write_text_atomic
 from data_tools.make_conditioning import ConditioningOptions
@@ -30,7 +31,7 @@ from data_tools.make_conditioning import ConditioningOptions
 _WILDCARD = re.compile(r"\{([^{}]*)\}")
 
 # Settings that decide what image i looks like: a run may only be continued with the same ones.
-_IDENTITY = ("prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "model")
+_IDENTITY = ("prompts", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height", "model")
 
 
 def expand_wildcards(template: str, rng: random.Random) -> str:
@@ -72,7 +73,7 @@ class SynthesisConfig:
         prompts: prompt templates with ``{a|b}`` wildcards; image i uses template i mod len(prompts).
         num_images: total images wanted in the folder (a larger number on a later run adds more).
         seed: image i is drawn with seed + i, wildcards included.
-        steps, guidance_scale, width, height, negative_prompt: passed to the pipeline; width and
+        num_inference_steps, guidance_scale, width, height, negative_prompt: passed to the pipeline; width and
             height in pixels, multiples of 64 like the training buckets.
         conditioning: conditioning kinds to derive from each image.
         conditioning_options: thresholds / radii of those kinds.
@@ -84,7 +85,7 @@ class SynthesisConfig:
     prompts: list[str]
     num_images: int
     seed: int = 0
-    steps: int = 30
+    num_inference_steps: int = 30
     guidance_scale: float = 7.0
     width: int = 1024
     height: int = 1024
@@ -101,8 +102,8 @@ class SynthesisConfig:
             raise CommandError(f"--num-images must be at least 1, got {self.num_images}")
         if self.width % 64 or self.height % 64 or min(self.width, self.height) < 64:
             raise CommandError(f"--width/--height must be multiples of 64 (the training buckets' step), got {self.width}x{self.height}")
-        if self.batch_size < 1 or self.steps < 1:
-            raise CommandError("--batch-size and --steps must be at least 1")
+        if self.batch_size < 1 or self.num_inference_steps < 1:
+            raise CommandError("--batch-size and --num-inference-steps must be at least 1")
         unknown = [kind for kind in self.conditioning if kind not in KINDS]
         if unknown:
             raise CommandError(f"--conditioning: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}")
@@ -127,6 +128,8 @@ def _check_settings(out_dir: Path, config: SynthesisConfig) -> None:
             previous = json.loads(record.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CommandError(f"{record} is not the settings file this command writes; use another --out folder") from None
+        if "steps" in previous:  # written before the setting took diffusers' name
+            previous["num_inference_steps"] = previous.pop("steps")
         changed = [key for key in _IDENTITY if previous.get(key) != config.identity()[key]]
         if changed:
             raise CommandError(
@@ -189,7 +192,7 @@ def synthesize(pipe, config: SynthesisConfig, out_dir: str | Path, progress: boo
         result = pipe(
             prompt=prompts,
             negative_prompt=[config.negative_prompt] * len(indices) if config.negative_prompt else None,
-            num_inference_steps=config.steps,
+            num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
             width=config.width,
             height=config.height,
@@ -216,33 +219,14 @@ def _derive_conditioning(out_dir: Path, config: SynthesisConfig, progress: bool)
             write_atomic(out_dir / kind / f"{_name(index)}.png", lambda temporary: Image.fromarray(result).save(temporary, format="PNG"))
 
 
-def load_model(model: str, device: str, dtype: torch.dtype):
-    """``toy`` for the project's pretrained toy SDXL, else a hub id or a local diffusers folder."""
-    if model == "toy":
-        from lllite.toy import load_pipeline
-
-        try:
-            return load_pipeline(device=device, dtype=dtype)
-        except FileNotFoundError as error:
-            raise CommandError(f"--model toy: {error}") from None
-    from diffusers import StableDiffusionXLPipeline
-
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise CommandError(f"--model {model}: cannot load an SDXL pipeline from it ({str(error).splitlines()[0]})") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=Path, required=True, help="text file, one prompt per line, {a|b} wildcards")
     parser.add_argument("--out", type=Path, required=True, help="output folder (continued if it exists)")
     parser.add_argument("--num-images", type=int, required=True, help="how many images the folder should hold")
     parser.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0",
-                        help="hub id, local diffusers folder, or 'toy' (default: SDXL base 1.0)")
+                        help="hub id, local diffusers folder, single-file checkpoint, or 'toy' (default: SDXL base 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    parser.add_argument("--num-inference-steps", type=int, default=30, help="denoising steps (default: 30)")
     parser.add_argument("--guidance-scale", type=float, default=7.0, help="classifier-free guidance (default: 7.0)")
     parser.add_argument("--width", type=int, help="pixels (default: 1024, or 128 with --model toy)")
     parser.add_argument("--height", type=int, help="pixels (default: 1024, or 128 with --model toy)")
@@ -265,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         prompts=read_prompts(args.prompts),
         num_images=args.num_images,
         seed=args.seed,
-        steps=args.steps,
+        num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
         width=args.width or side,
         height=args.height or side,
@@ -276,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
     )
     dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") and not toy else "float32")
-    pipe = load_model(args.model, args.device, getattr(torch, dtype_name))
+    pipe = load_pipeline(args.model, dtype=getattr(torch, dtype_name), device=args.device, what="--model")
     generated, kept = synthesize(pipe, config, args.out)
     print(f"{generated} image(s) generated, {kept} already there, in {args.out}")
     return 0

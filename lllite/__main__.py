@@ -4,16 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import LLLiteError
+
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .errors import LLLiteError
     from .network import load
 
-    try:
-        network = load(args.file)
-    except LLLiteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    network = load(args.file)
     depths: dict[int, int] = {}
     for _, module in network.lllite_modules():
         depths[module.depth] = depths.get(module.depth, 0) + 1
@@ -31,18 +28,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
-    from .train import TrainError
 
     settings = {"out": args.out, "overwrite": args.overwrite}
     for name in ("max_train_seconds", "threads", "processes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
-    try:
-        result = run_demo(config)
-    except (FileExistsError, FileNotFoundError, TrainError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run_demo(config)
     print(f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in result.strength_iou.items())}")
     processes = f" ({result.train_processes} processes)" if result.train_processes > 1 else ""
     print(f"trained {result.train_steps} steps in {result.train_seconds:.0f} s{processes}; total {result.total_seconds:.0f} s")
@@ -65,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in --out")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except LLLiteError as error:  # a file, a setting or a folder the user can fix: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import LLLiteError
 from .files import write_atomic
+from .images import from_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -533,8 +534,8 @@ class _Item:
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return array.float().div(127.5).sub(1.0)
+    """An RGB image as (3, H, W) in [-1, 1]."""
+    return from_uint8(np.asarray(image))[0]
 
 
 def _render(path: Path, background, placement: Placement, flip: bool) -> Image.Image:

@@ -1,12 +1,22 @@
 """Generate with LLLite networks on any SDXL pipeline, and compare strengths by looking.
 
     from lllite.sampling import generate, strength_grid, save_png
-    images = generate(pipe, network, control, "a red circle", seed=[0, 1], strength=0.8)
+    images = generate(pipe, network, control, "a red circle", seed=[0, 1], multiplier=0.8)
     grid = strength_grid(pipe, network, control, ["a red circle", "a blue square"], seeds=[0, 1])
     save_png(grid, "grid.png")
 
-Every image carries its generation parameters in ``image.info["parameters"]`` (JSON), and
-:func:`save_png` writes them into the PNG, so a picture always says how it was made.
+Names: this is where kohya's names meet diffusers'. The network, its files and the training options
+use kohya's (``multiplier``, the strength of :meth:`LLLiteNetwork.set_multiplier`; ``cond_emb_dim``,
+``network_dim``); everything passed to the pipeline uses diffusers' (``prompt``, ``negative_prompt``,
+``num_inference_steps``, ``guidance_scale``, ``height``, ``width``), and the step range is diffusers'
+``control_guidance_start`` / ``control_guidance_end`` (fractions of the denoising steps), which
+:meth:`LLLiteNetwork.set_step_range` takes. The functions here take the pipeline, the network(s), the
+control and the prompt(s) by position and everything else by keyword.
+
+Every image carries its generation parameters in ``image.info["parameters"]`` (JSON with the keys
+``prompt``, ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale``, ``multiplier``,
+``control_guidance_start``, ``control_guidance_end``, ``height``, ``width`` and ``networks``, the
+networks' names), and :func:`save_png` writes them into the PNG, so a picture always says how it was made.
 """
 from __future__ import annotations
 
@@ -21,20 +31,21 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from .errors import LLLiteError
 from .files import write_atomic
 from .images import to_control_tensor, to_pil
 from .network import LLLiteNetwork
 
-#: Strengths of the guidance-strength comparison.
-STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Step ranges of :func:`step_range_grid`: (start, end) fractions of the denoising steps.
+#: Multipliers of the guidance-strength comparison.
+MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Step ranges of :func:`step_range_grid`: (control_guidance_start, control_guidance_end) pairs.
 STEP_RANGES = ((0.0, 1.0), (0.0, 0.5), (0.0, 0.25), (0.25, 1.0), (0.5, 1.0))
 
 
 def _as_list(value, name: str) -> list:
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
-        raise ValueError(f"{name}: an empty list")
+        raise LLLiteError(f"{name}: an empty list")
     return values
 
 
@@ -47,18 +58,19 @@ def _networks(networks) -> list[LLLiteNetwork]:
 
 
 @contextmanager
-def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, strengths: list[float], start: float, end: float):
+def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, multipliers: list[float],
+                control_guidance_start: float, control_guidance_end: float):
     """Attach (if needed) and set up each network for one generation; restore everything after."""
     saved = [(n.cond_image, n.multiplier, n.control_guidance_start, n.control_guidance_end, n.is_attached, n.training)
              for n in networks]
     try:
-        for network, control, strength in zip(networks, controls, strengths):
+        for network, control, multiplier in zip(networks, controls, multipliers):
             if not network.is_attached:
                 network.apply_to(pipe)
             network.eval()
             network.set_cond_image(control)
-            network.set_multiplier(strength)
-            network.set_step_range(start, end)
+            network.set_multiplier(multiplier)
+            network.set_step_range(control_guidance_start, control_guidance_end)
         yield
     finally:
         for network, (image, multiplier, old_start, old_end, attached, training) in zip(networks, saved):
@@ -74,7 +86,7 @@ def _pixel_size(control: torch.Tensor, height: int | None, width: int | None) ->
     height = height or control.shape[-2]
     width = width or control.shape[-1]
     if height % 8 or width % 8:
-        raise ValueError(f"height and width must be multiples of 8 (SDXL's VAE), got {height}x{width}")
+        raise LLLiteError(f"height and width must be multiples of 8 (SDXL's VAE), got {height}x{width}")
     return height, width
 
 
@@ -84,20 +96,21 @@ def generate(
     networks,
     control,
     prompt: str | Sequence[str],
+    *,
     negative_prompt: str | Sequence[str] | None = None,
     seed: int | Sequence[int] = 0,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
-    strength: float | Sequence[float] = 1.0,
-    start: float = 0.0,
-    end: float = 1.0,
+    multiplier: float | Sequence[float] = 1.0,
+    control_guidance_start: float = 0.0,
+    control_guidance_end: float = 1.0,
     height: int | None = None,
     width: int | None = None,
 ) -> list[Image.Image]:
     """Generate images with one or more LLLite networks applied to an SDXL pipeline.
 
     The networks are attached for the call when they are not attached yet, and left as they were
-    (control image, strength, step range, attachment) afterwards.
+    (control image, multiplier, step range, attachment) afterwards.
 
     Args:
         pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature).
@@ -110,8 +123,9 @@ def generate(
         seed: one seed, or one per image; prompts and seeds broadcast to the longer list.
         num_inference_steps: denoising steps.
         guidance_scale: classifier-free guidance scale (1 switches guidance off).
-        strength: multiplier of every network, or one per network; 0 switches a network off.
-        start, end: fractions of the denoising steps where the networks act (0 <= start < end <= 1).
+        multiplier: the strength of every network, or one per network; 0 switches a network off.
+        control_guidance_start, control_guidance_end: fractions of the denoising steps where the
+            networks act (0 <= start < end <= 1), as in diffusers' ControlNet pipelines.
         height, width: pixel size; by default the first control image's size.
 
     Returns:
@@ -119,13 +133,13 @@ def generate(
     """
     networks = _networks(networks)
     controls = [control] if len(networks) == 1 else _as_list(control, "control")
-    strengths = [float(s) for s in _as_list(strength, "strength")]
-    if len(strengths) == 1:
-        strengths *= len(networks)
-    if len(controls) != len(networks) or len(strengths) != len(networks):
-        raise ValueError(
+    multipliers = [float(m) for m in _as_list(multiplier, "multiplier")]
+    if len(multipliers) == 1:
+        multipliers *= len(networks)
+    if len(controls) != len(networks) or len(multipliers) != len(networks):
+        raise LLLiteError(
             f"{len(networks)} networks need one control image and one strength each; got "
-            f"{len(controls)} control image(s) and {len(strengths)} strength(s)"
+            f"{len(controls)} control image(s) and {len(multipliers)} multiplier(s)"
         )
     controls = [to_control_tensor(c, f"control[{i}]") for i, c in enumerate(controls)]
     prompts = [str(p) for p in _as_list(prompt, "prompt")]
@@ -133,18 +147,18 @@ def generate(
     count = max(len(prompts), len(seeds))
     for name, values in (("prompt", prompts), ("seed", seeds)):
         if len(values) not in (1, count):
-            raise ValueError(f"{name}: give one or {count} values (one per image), got {len(values)}")
+            raise LLLiteError(f"{name}: give one or {count} values (one per image), got {len(values)}")
     prompts = prompts * count if len(prompts) == 1 else prompts
     seeds = seeds * count if len(seeds) == 1 else seeds
     negatives = None
     if negative_prompt is not None:
         negatives = [str(p) for p in _as_list(negative_prompt, "negative_prompt")]
         if len(negatives) not in (1, count):
-            raise ValueError(f"negative_prompt: give one or {count} values (one per image), got {len(negatives)}")
+            raise LLLiteError(f"negative_prompt: give one or {count} values (one per image), got {len(negatives)}")
         negatives = negatives * count if len(negatives) == 1 else negatives
     height, width = _pixel_size(controls[0], height, width)
 
-    with _controlled(pipe, networks, controls, strengths, start, end):
+    with _controlled(pipe, networks, controls, multipliers, control_guidance_start, control_guidance_end):
         images = pipe(
             prompt=prompts,
             negative_prompt=negatives,
@@ -163,9 +177,9 @@ def generate(
             "seed": seeds[i],
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
-            "strength": strengths if len(strengths) > 1 else strengths[0],
-            "start": start,
-            "end": end,
+            "multiplier": multipliers if len(multipliers) > 1 else multipliers[0],
+            "control_guidance_start": control_guidance_start,
+            "control_guidance_end": control_guidance_end,
             "height": height,
             "width": width,
             "networks": names,
@@ -198,7 +212,7 @@ def image_grid(
         title: text above everything.
     """
     if not rows or not any(rows):
-        raise ValueError("image_grid needs at least one image")
+        raise LLLiteError("image_grid needs at least one image")
     cell_w = max(im.width for row in rows for im in row)
     cell_h = max(im.height for row in rows for im in row)
     font_size = max(10, min(28, cell_h // 10))
@@ -271,45 +285,49 @@ def strength_grid(
     network: LLLiteNetwork,
     control,
     prompts: str | Sequence[str],
+    *,
     seeds: int | Sequence[int] = (0,),
-    strengths: Sequence[float] = STRENGTHS,
+    multipliers: Sequence[float] = MULTIPLIERS,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
-    start: float = 0.0,
-    end: float = 1.0,
+    control_guidance_start: float = 0.0,
+    control_guidance_end: float = 1.0,
     batch_size: int = 8,
     progress: bool = True,
 ) -> Image.Image:
-    """The guidance-strength comparison: strengths in columns, prompts x seeds in rows, the control first.
+    """The guidance-strength comparison: multipliers in columns, prompts x seeds in rows, the control first.
 
     Args:
         pipe, network: an SDXL pipeline and one LLLite network.
         control: one control image for every row, or a list with one per prompt.
         prompts: the rows' prompts; each prompt gets one row per seed.
         seeds: the seeds of each prompt's rows.
-        strengths: the columns (multipliers).
+        multipliers: the columns (the network's strength in each).
         batch_size: images generated at once (lower it if a GPU runs out of memory).
-        progress: show a progress bar over the columns.
-        negative_prompt, num_inference_steps, guidance_scale, start, end: as in :func:`generate`.
+        progress: show a progress bar over the images.
+        negative_prompt, num_inference_steps, guidance_scale, control_guidance_start, control_guidance_end:
+            as in :func:`generate`.
 
     Returns:
         The grid, with every cell's parameters as JSON in ``grid.info["parameters"]``.
     """
     prompts = [str(p) for p in _as_list(prompts, "prompts")]
     seeds = [int(s) for s in _as_list(seeds, "seeds")]
-    strengths = [float(s) for s in _as_list(strengths, "strengths")]
+    multipliers = [float(m) for m in _as_list(multipliers, "multipliers")]
     per_prompt = _row_controls(control, len(prompts))
     rows = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     cells: list[list[Image.Image]] = [[] for _ in rows]
-    bar = tqdm(total=len(strengths) * len(rows), desc="strength grid", unit="image", disable=not progress)
-    for strength in strengths:
+    bar = tqdm(total=len(multipliers) * len(rows), desc="strength grid", unit="image", disable=not progress)
+    for multiplier in multipliers:
         for first in range(0, len(rows), batch_size):
             chunk = rows[first:first + batch_size]
             controls = per_prompt[[p if len(per_prompt) > 1 else 0 for p, _, _ in chunk]]
             images = generate(
-                pipe, network, controls, [prompt for _, prompt, _ in chunk], negative_prompt,
-                [seed for _, _, seed in chunk], num_inference_steps, guidance_scale, strength, start, end,
+                pipe, network, controls, [prompt for _, prompt, _ in chunk], negative_prompt=negative_prompt,
+                seed=[seed for _, _, seed in chunk], num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, multiplier=multiplier, control_guidance_start=control_guidance_start,
+                control_guidance_end=control_guidance_end,
             )
             for offset, image in enumerate(images):
                 cells[first + offset].append(image)
@@ -318,7 +336,7 @@ def strength_grid(
     size = (cells[0][0].height, cells[0][0].width)
     grid_rows = [[_control_picture(per_prompt, p, size)] + cells[r] for r, (p, _, _) in enumerate(rows)]
     labels = [f"{prompt} | seed {seed}" for _, prompt, seed in rows]
-    grid = image_grid(grid_rows, ["control"] + [f"strength {s:g}" for s in strengths], labels)
+    grid = image_grid(grid_rows, ["control"] + [f"strength {m:g}" for m in multipliers], labels)
     grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
     return grid
 
@@ -329,9 +347,10 @@ def step_range_grid(
     network: LLLiteNetwork,
     control,
     prompt: str,
+    *,
     seeds: int | Sequence[int] = (0,),
-    ranges: Sequence[tuple[float, float]] = STEP_RANGES,
-    strength: float = 1.0,
+    control_guidance_ranges: Sequence[tuple[float, float]] = STEP_RANGES,
+    multiplier: float = 1.0,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
@@ -340,22 +359,23 @@ def step_range_grid(
     """Where in the denoising the control acts: step ranges (start-end) in columns, seeds in rows.
 
     Args:
-        ranges: (start, end) fractions of the denoising steps, one column each.
-        strength: the network's multiplier in every cell.
+        control_guidance_ranges: (control_guidance_start, control_guidance_end) pairs, one column each.
+        multiplier: the network's strength in every cell.
         Other arguments as in :func:`strength_grid`.
     """
     seeds = [int(s) for s in _as_list(seeds, "seeds")]
     controls = to_control_tensor(control)
     cells: list[list[Image.Image]] = [[] for _ in seeds]
-    for start, end in tqdm(ranges, desc="step-range grid", unit="column", disable=not progress):
-        images = generate(pipe, network, controls, prompt, negative_prompt, seeds, num_inference_steps,
-                          guidance_scale, strength, start, end)
+    for start, end in tqdm(control_guidance_ranges, desc="step-range grid", unit="column", disable=not progress):
+        images = generate(pipe, network, controls, prompt, negative_prompt=negative_prompt, seed=seeds,
+                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, multiplier=multiplier,
+                          control_guidance_start=start, control_guidance_end=end)
         for row, image in zip(cells, images):
             row.append(image)
     size = (cells[0][0].height, cells[0][0].width)
     grid_rows = [[_control_picture(controls, 0, size)] + row for row in cells]
-    grid = image_grid(grid_rows, ["control"] + [f"steps {a:g}-{b:g}" for a, b in ranges],
-                      [f"seed {s}" for s in seeds], title=f"{prompt} | strength {strength:g}")
+    grid = image_grid(grid_rows, ["control"] + [f"steps {a:g}-{b:g}" for a, b in control_guidance_ranges],
+                      [f"seed {s}" for s in seeds], title=f"{prompt} | strength {multiplier:g}")
     grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
     return grid
 
@@ -366,22 +386,28 @@ def side_by_side(
     network: LLLiteNetwork,
     control,
     prompt: str,
+    *,
     seed: int = 0,
-    strength: float = 1.0,
+    multiplier: float = 1.0,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
-    start: float = 0.0,
-    end: float = 1.0,
+    control_guidance_start: float = 0.0,
+    control_guidance_end: float = 1.0,
 ) -> Image.Image:
-    """Three pictures in a row: the control, the image without the network, the image with it."""
+    """Three pictures in a row: the control, the image without the network and the image with it.
+
+    Arguments as in :func:`generate`; the image without the network is made at multiplier 0.
+    """
     controls = to_control_tensor(control)
-    without, = generate(pipe, network, controls, prompt, negative_prompt, seed, num_inference_steps, guidance_scale, 0.0)
-    with_, = generate(pipe, network, controls, prompt, negative_prompt, seed, num_inference_steps, guidance_scale,
-                      strength, start, end)
+    settings = dict(negative_prompt=negative_prompt, seed=seed, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale)
+    without, = generate(pipe, network, controls, prompt, multiplier=0.0, **settings)
+    with_, = generate(pipe, network, controls, prompt, multiplier=multiplier, control_guidance_start=control_guidance_start,
+                      control_guidance_end=control_guidance_end, **settings)
     size = (with_.height, with_.width)
     grid = image_grid([[_control_picture(controls, 0, size), without, with_]],
-                      ["control", "without", f"with (strength {strength:g})"], title=f"{prompt} | seed {seed}")
+                      ["control", "without", f"with (strength {multiplier:g})"], title=f"{prompt} | seed {seed}")
     grid.info["parameters"] = json.dumps([json.loads(without.info["parameters"]), json.loads(with_.info["parameters"])])
     return grid
 
@@ -391,11 +417,12 @@ def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = Fals
 
     Args:
         path: destination ``.png``; folders are created.
-        overwrite: replace an existing file; otherwise an existing file raises ``FileExistsError``.
+        overwrite: replace an existing file; otherwise an existing file raises
+            :class:`lllite.errors.OutputExistsError` (a ``FileExistsError``).
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"{path}: save_png writes .png files")
+        raise LLLiteError(f"{path}: save_png writes .png files; give a path that ends in .png")
     info = PngInfo()
     for key, value in image.info.items():
         if isinstance(value, str):

@@ -5,8 +5,8 @@
     accelerate launch --num_processes 2 -m lllite.train --config my_lllite.toml   # several GPUs (DDP)
 
 Options carry kohya's names (``TrainConfig``). Only the LLLite network trains; the UNet, VAE and
-text encoders are frozen. The objective is SDXL's: DDPM noise (scaled_linear betas 0.00085..0.012,
-1000 steps), epsilon prediction, micro-conditioning time ids.
+text encoders are frozen. The objective is SDXL's (:mod:`lllite.objective`): DDPM noise, epsilon
+prediction, micro-conditioning time ids.
 
 Every random draw (data order per epoch, flips and caption dropout, noise, timesteps) is a function
 of ``seed`` and the step, so a run killed at any point and resumed from a checkpoint ends with the
@@ -34,23 +34,23 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import (BucketBatchSampler, DatasetConfig, DatasetConfigError, PairedDataset, collate, encode_prompts,
+from .data import (BucketBatchSampler, DatasetConfig, PairedDataset, collate, encode_prompts,
                    load_dataset_config, read_toml)
 from .errors import LLLiteError
 from .files import write_atomic
 from .names import find_targets
 from .network import LLLiteNetwork, create_network
+from .objective import (LR_SCHEDULERS, TIMESTEP_SAMPLINGS, loss_weights, lr_factor, noise_loss, noise_scheduler,
+                        sample_noise, sample_timesteps, signal_to_noise)
+from .pipelines import load_pipeline
 
 OPTIMIZERS = ("adamw", "adamw8bit")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
-#: Name of the pretrained toy SDXL for ``pretrained_model_name_or_path`` (:func:`lllite.toy.load_pipeline`).
-TOY_MODEL = "toy"
+#: The frozen models' dtype for each mixed precision; the network itself stays float32.
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainError(LLLiteError):
@@ -73,7 +73,8 @@ class TrainConfig:
         learning_rate: AdamW learning rate.
         max_train_steps: optimizer steps; ``max_train_epochs`` overrides it when set.
         max_train_epochs: passes over the dataset.
-        max_train_seconds: stop after this much training time (checked between steps).
+        max_train_seconds: stop after this much training time (checked between steps); a resumed run
+            goes on from the time its checkpoint had used.
         train_batch_size: samples per step and process; None keeps each dataset's ``batch_size``.
         gradient_accumulation_steps: batches summed into one optimizer step.
         mixed_precision: ``"no"``, ``"fp16"`` (CUDA) or ``"bf16"``; the network stays float32 under autocast
@@ -203,27 +204,6 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ model
 
 
-def load_sdxl(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """An SDXL pipeline from a hub id, a local diffusers folder, a single-file checkpoint or ``"toy"``."""
-    from diffusers import StableDiffusionXLPipeline
-
-    path = Path(name_or_path).expanduser()
-    if not path.exists() and name_or_path == TOY_MODEL:
-        from .toy import load_pipeline
-
-        return load_pipeline(dtype=dtype)
-    try:
-        if path.is_file():
-            return StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype)
-        return StableDiffusionXLPipeline.from_pretrained(str(path) if path.is_dir() else name_or_path, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(
-            f"pretrained_model_name_or_path {name_or_path!r} could not be loaded as an SDXL pipeline ({first}); "
-            "give a hub id with internet access, a local diffusers folder, or a .safetensors checkpoint"
-        ) from None
-
-
 def check_sdxl(pipe, name: str = "the model") -> None:
     """Raise :class:`TrainError` unless ``pipe`` has SDXL's parts: two text encoders, a text_time UNet with transformer blocks."""
     missing = [part for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -277,7 +257,41 @@ class ControlledUNet(nn.Module):
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added).sample
 
 
-# ------------------------------------------------------------------------------------------ randomness and data order
+def freeze(pipe, device: torch.device, weight_dtype: torch.dtype, gradient_checkpointing: bool) -> torch.dtype:
+    """Freeze the UNet, VAE and text encoders and move them to ``device`` in ``weight_dtype``; returns the
+    VAE's dtype, float32 for a VAE that overflows in fp16 (SDXL's: diffusers marks it ``force_upcast``)."""
+    unet, vae, encoders = pipe.unet, pipe.vae, (pipe.text_encoder, pipe.text_encoder_2)
+    for model in (unet, vae, *encoders):
+        model.requires_grad_(False).eval()
+    vae_dtype = torch.float32 if weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else weight_dtype
+    # nn.Module.to: diffusers' own .to() warns about dtype casts meant for from_pretrained.
+    nn.Module.to(unet, device, weight_dtype)
+    nn.Module.to(vae, device, vae_dtype)
+    for encoder in encoders:
+        encoder.to(device, weight_dtype)
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return vae_dtype
+
+
+def restore_encoders(pipe) -> None:
+    """Bring offloaded VAE and text encoders back to the UNet's device: the pipeline can sample again."""
+    for model in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        model.to(pipe.unet.device)
+
+
+def offload_encoders(pipe, config: TrainConfig) -> None:
+    """On a GPU, move the VAE and the text encoders to the CPU when the dataset caches their outputs."""
+    if pipe.unet.device.type != "cuda":
+        return
+    if config.cache_latents:
+        pipe.vae.to("cpu")
+    if config.cache_text_encoder_outputs:
+        pipe.text_encoder.to("cpu")
+        pipe.text_encoder_2.to("cpu")
+
+
+# ------------------------------------------------------------------------------------------ randomness and data
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -313,6 +327,55 @@ def training_batches(dataset: PairedDataset, sampler: BucketBatchSampler, steps_
                 yield micro_batches
                 micro_batches = []
                 step += 1
+
+
+def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
+    source = config.dataset_config
+    if source is None:
+        raise TrainError("dataset_config is not set: give a kohya dataset TOML with image_dir and conditioning_data_dir")
+    if isinstance(source, DatasetConfig):
+        configs, name = [source], "dataset_config"
+    elif isinstance(source, (list, tuple)) and all(isinstance(c, DatasetConfig) for c in source):
+        configs, name = list(source), "dataset_config"
+    else:
+        configs, name = load_dataset_config(source), str(source)
+    if config.train_batch_size is not None:
+        configs = [dataclasses.replace(c, batch_size=config.train_batch_size) for c in configs]
+    return configs, name
+
+
+def load_dataset(config: TrainConfig, pipe, accelerator) -> tuple[PairedDataset, str]:
+    """The dataset and the name it goes by in messages, checked against the model's sizes, with latents and
+    text embeddings cached as ``config`` asks (the main process fills a disk cache before the others read it)."""
+    configs, name = _dataset_configs(config)
+    progress = config.progress and accelerator.is_main_process
+    dataset = PairedDataset(configs, seed=config.seed, progress=progress)
+    check_resolutions(dataset, pipe, name)
+    if config.cache_latents:
+        cache = Path(config.output_dir) / "cache" / "latents" if config.cache_latents_to_disk else None
+        with accelerator.main_process_first():
+            dataset.cache_latents(pipe.vae, cache, progress=progress)
+    if config.cache_text_encoder_outputs:
+        dataset.cache_text_encoder_outputs([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                                           progress=progress)
+    return dataset, name
+
+
+def encode_batch(batch: dict, pipe, vae_dtype: torch.dtype, device: torch.device):
+    """A batch's UNet inputs: scaled latents (float32), text and pooled embeddings, and micro-conditioning
+    time ids, read from the dataset's caches or encoded now."""
+    if "latents" in batch:
+        latents = batch["latents"].to(device, torch.float32)
+    else:
+        pixels = batch["image"].to(device, vae_dtype)
+        latents = pipe.vae.encode(pixels).latent_dist.mean.float() * pipe.vae.config.scaling_factor
+    if "prompt_embeds" in batch:
+        prompt_embeds, pooled = batch["prompt_embeds"].to(device), batch["pooled_prompt_embeds"].to(device)
+    else:
+        prompt_embeds, pooled = encode_prompts([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                                               batch["caption"])
+    time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1).to(device)
+    return latents, prompt_embeds, pooled, time_ids
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -364,16 +427,74 @@ def load_checkpoint(folder: Path, network: LLLiteNetwork) -> dict:
     return torch.load(state_path, map_location="cpu", weights_only=False)
 
 
+def checkpoint(accelerator, network: LLLiteNetwork, optimizer, config: TrainConfig, metadata: dict[str, str],
+               step: int, steps_per_epoch: int, losses: list[tuple[int, float]], train_seconds: float) -> None:
+    """On the main process, write the checkpoint of ``step`` (keeping the newest ``checkpoints_total_limit``)
+    and its kohya file; every process waits for it.
+
+    A checkpoint holds what the rest of the run depends on: the network, the optimizer's state, the
+    step (the data, the draws and the learning rate follow from it and ``seed``), the losses so far
+    and the training time used, which the time budget and the learning rate's decay go on from.
+    """
+    if accelerator.is_main_process:
+        output_dir = Path(config.output_dir)
+        state = {"step": step, "losses": losses, "train_seconds": train_seconds, "optimizer": optimizer.state_dict(),
+                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                 "config": {k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool, type(None)))}}
+        save_checkpoint(checkpoint_dir(output_dir, step), network, state)
+        for old in find_checkpoints(output_dir)[:-config.checkpoints_total_limit]:
+            shutil.rmtree(old)
+        path = output_dir / f"{config.output_name}-step{step:08d}.safetensors"
+        save_network(network, path, config, metadata, step, steps_per_epoch, losses)
+    accelerator.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def run_metadata(config: TrainConfig, dataset: PairedDataset, dataset_name: str, mixed_precision: str) -> dict[str, str]:
+    """kohya's ``ss_*`` metadata of the run; :func:`save_network` adds the step and epoch of each file."""
+    resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
+    return {
+        "ss_network_module": "networks.control_net_lllite",
+        "ss_output_name": config.output_name,
+        "ss_sd_model_name": str(config.pretrained_model_name_or_path),
+        "ss_cond_emb_dim": str(config.cond_emb_dim),
+        "ss_network_dim": str(config.network_dim),
+        "ss_learning_rate": str(config.learning_rate),
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_optimizer": config.optimizer_type,
+        "ss_max_train_steps": str(config.max_train_steps),
+        "ss_num_train_images": str(len(dataset)),
+        "ss_batch_size_per_device": json.dumps(sorted({c.batch_size for c in dataset.configs})),
+        "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
+        "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
+        "ss_mixed_precision": mixed_precision,
+        "ss_seed": str(config.seed),
+        "ss_noise_offset": str(config.noise_offset),
+        "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_debiased_estimation": str(config.debiased_estimation_loss),
+        "ss_timestep_sampling": config.timestep_sampling,
+        "ss_dataset_config": dataset_name,
+    }
+
+
+def save_network(network: LLLiteNetwork, path: Path, config: TrainConfig, metadata: dict[str, str], step: int,
+                 steps_per_epoch: int, losses: list[tuple[int, float]]) -> Path:
+    """The network as a kohya file at ``path`` (in ``save_precision``), and the loss plot so far beside it."""
+    metadata = {**metadata, "ss_steps": str(step), "ss_epoch": str(step // steps_per_epoch)}
+    network.save(path, dtype=SAVE_PRECISIONS[config.save_precision], metadata=metadata, overwrite=True)
+    if losses:
+        plot_losses(losses, path.parent / "loss.png")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ pictures
 
 
 def loss_figure(losses: Sequence[tuple[int, float]]):
     """Loss per step and its moving average, as a PIL image."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
+    from .figures import figure_image, new_figure
 
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
@@ -382,21 +503,13 @@ def loss_figure(losses: Sequence[tuple[int, float]]):
     for value in values:
         cumulative.append(cumulative[-1] + value)
     smooth = [(cumulative[i + 1] - cumulative[max(0, i - window + 1)]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
-    # A Figure without pyplot: no global state, so a notebook's own plots and other threads are untouched.
-    figure = Figure(figsize=(6, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = new_figure(6, 3.5)
     axes.plot(steps, values, color="0.75", linewidth=0.8, label="loss")
     axes.plot(steps, smooth, color="C0", label=f"mean of {window}")
     axes.set_xlabel("step")
     axes.set_ylabel("noise MSE")
     axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        return image.convert("RGB")
+    return figure_image(figure)
 
 
 def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
@@ -418,11 +531,25 @@ def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config
         control = dataset[index]["conditioning_image"][None]
         images = [generate(pipe, network, control, sample.pair.caption, seed=config.sample_seed,
                            num_inference_steps=config.sample_num_inference_steps,
-                           guidance_scale=config.sample_guidance_scale, strength=strength)[0]
-                  for strength in (0.0, 1.0)]
+                           guidance_scale=config.sample_guidance_scale, multiplier=multiplier)[0]
+                  for multiplier in (0.0, 1.0)]
         rows.append([to_pil(control)[0], *images])
         labels.append(sample.pair.caption or "(no caption)")
     return image_grid(rows, ["control", "strength 0", "strength 1"], labels, title=f"step {step}")
+
+
+def validate(accelerator, pipe, network: LLLiteNetwork, dataset: PairedDataset, config: TrainConfig, step: int) -> None:
+    """On the main process, write the validation grid of ``step`` to ``output_dir/samples`` (offloaded
+    encoders visit the GPU for it); every process waits for it."""
+    if accelerator.is_main_process:
+        from .sampling import save_png
+
+        restore_encoders(pipe)
+        with accelerator.autocast():
+            grid = validation_grid(pipe, network, dataset, config, step)
+        save_png(grid, Path(config.output_dir) / "samples" / f"{config.output_name}-step{step:08d}.png", overwrite=True)
+        offload_encoders(pipe, config)
+    accelerator.wait_for_everyone()
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -452,22 +579,19 @@ def _usable_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
-def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int, time_used: float = 0.0) -> float:
-    """The learning rate's multiplier at ``step``, as diffusers' schedulers of the same name compute it.
+def make_accelerator(config: TrainConfig):
+    """accelerate's ``Accelerator`` for the run (its processes, device and mixed precision), and whether it
+    logs to TensorBoard (when tensorboard is installed)."""
+    from accelerate import Accelerator
 
-    ``time_used`` is the fraction of a time budget already spent; after warmup the decay follows the
-    larger of it and the fraction of steps done.
-    """
-    if kind == "constant":
-        return 1.0
-    if step < warmup_steps:
-        return step / warmup_steps
-    if kind == "constant_with_warmup":
-        return 1.0
-    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), time_used))
-    if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    mixed_precision = _usable_precision(config.mixed_precision)
+    _reset_accelerate_for(mixed_precision)
+    logging_dir = Path(config.logging_dir) if config.logging_dir else Path(config.output_dir) / "logs"
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                              log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
+    return accelerator, tensorboard
 
 
 def _make_optimizer(config: TrainConfig, parameters, accelerator):
@@ -486,50 +610,6 @@ def _make_optimizer(config: TrainConfig, parameters, accelerator):
         return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
-    source = config.dataset_config
-    if source is None:
-        raise TrainError("dataset_config is not set: give a kohya dataset TOML with image_dir and conditioning_data_dir")
-    if isinstance(source, DatasetConfig):
-        configs, name = [source], "dataset_config"
-    elif isinstance(source, (list, tuple)) and all(isinstance(c, DatasetConfig) for c in source):
-        configs, name = list(source), "dataset_config"
-    else:
-        configs, name = load_dataset_config(source), str(source)
-    if config.train_batch_size is not None:
-        configs = [dataclasses.replace(c, batch_size=config.train_batch_size) for c in configs]
-    return configs, name
-
-
-def _metadata(config: TrainConfig, dataset: PairedDataset, step: int, epoch: int, dataset_name: str,
-              mixed_precision: str) -> dict[str, str]:
-    resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
-    return {
-        "ss_network_module": "networks.control_net_lllite",
-        "ss_output_name": config.output_name,
-        "ss_sd_model_name": str(config.pretrained_model_name_or_path),
-        "ss_cond_emb_dim": str(config.cond_emb_dim),
-        "ss_network_dim": str(config.network_dim),
-        "ss_learning_rate": str(config.learning_rate),
-        "ss_lr_scheduler": config.lr_scheduler,
-        "ss_optimizer": config.optimizer_type,
-        "ss_max_train_steps": str(config.max_train_steps),
-        "ss_steps": str(step),
-        "ss_epoch": str(epoch),
-        "ss_num_train_images": str(len(dataset)),
-        "ss_batch_size_per_device": json.dumps(sorted({c.batch_size for c in dataset.configs})),
-        "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
-        "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
-        "ss_mixed_precision": mixed_precision,
-        "ss_seed": str(config.seed),
-        "ss_noise_offset": str(config.noise_offset),
-        "ss_min_snr_gamma": str(config.min_snr_gamma),
-        "ss_debiased_estimation": str(config.debiased_estimation_loss),
-        "ss_timestep_sampling": config.timestep_sampling,
-        "ss_dataset_config": dataset_name,
-    }
-
-
 def _prepare_output(config: TrainConfig, output_dir: Path, final: Path) -> Path | None:
     """The checkpoint to resume from, after refusing to mix a new run into an earlier one's files."""
     checkpoints = find_checkpoints(output_dir)
@@ -543,6 +623,21 @@ def _prepare_output(config: TrainConfig, output_dir: Path, final: Path) -> Path 
         raise TrainError(f"{output_dir} already holds a run ({final.name if final.exists() else 'checkpoints'}); "
                          "pass --resume to continue it, --overwrite to start over, or choose another output_dir")
     return None
+
+
+def time_used(seconds: float, max_train_seconds: float | None, accelerator) -> float:
+    """The fraction of ``max_train_seconds`` spent after ``seconds`` of training, the largest over the
+    processes so that all of them stop at the same step; 0 without a budget."""
+    if max_train_seconds is None:
+        return 0.0
+    return accelerator.reduce(torch.tensor(seconds, device=accelerator.device), "max").item() / max_train_seconds
+
+
+def _diverged(loss: float, step: int, output_dir: Path) -> TrainError:
+    kept = find_checkpoints(output_dir)
+    where = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written (set save_every_n_steps)"
+    return TrainError(f"the loss became {loss} at step {step}: training stopped and nothing more was written; "
+                      f"{where}. Lower learning_rate, or use bf16 instead of fp16")
 
 
 def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
@@ -559,20 +654,13 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         TrainError: a setting, the model or the dataset cannot be used; a NaN loss (the message names
             the last checkpoint written).
         DatasetConfigError: the dataset TOML or its folders are wrong.
+        PipelineLoadError, InputMissingError: ``pretrained_model_name_or_path`` does not load.
     """
-    from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-
-    mixed_precision = _usable_precision(config.mixed_precision)
-    _reset_accelerate_for(mixed_precision)
+    # 0. The processes (one, or those of `accelerate launch`), and the output folder.
+    accelerator, tensorboard = make_accelerator(config)
+    device, world, rank, main = (accelerator.device, accelerator.num_processes, accelerator.process_index,
+                                 accelerator.is_main_process)
     output_dir = Path(config.output_dir)
-    logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "logs"
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
-    # cpu=True is what makes accelerate run several CPU processes as one DDP job (gloo) instead of each alone.
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
-                              log_with="tensorboard" if tensorboard else None, project_dir=str(logging_dir))
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
     final = output_dir / f"{config.output_name}.safetensors"
     resume_from = _prepare_output(config, output_dir, final)
     if main and config.overwrite and not config.resume:
@@ -580,200 +668,107 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     accelerator.wait_for_everyone()
 
     # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
     if pipe is None:
-        pipe = load_sdxl(config.pretrained_model_name_or_path)
+        pipe = load_pipeline(config.pretrained_model_name_or_path, what="pretrained_model_name_or_path")
     check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
-    unet, vae = pipe.unet, pipe.vae
-    text_encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
-    for model in (unet, vae, *text_encoders):
-        model.requires_grad_(False).eval()
-    # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
-    vae_dtype = torch.float32 if weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else weight_dtype
-    # nn.Module.to: diffusers' own .to() warns about dtype casts meant for from_pretrained.
-    nn.Module.to(unet, device, weight_dtype)
-    nn.Module.to(vae, device, vae_dtype)
-    for encoder in text_encoders:
-        encoder.to(device, weight_dtype)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
+    vae_dtype = freeze(pipe, device, weight_dtype, config.gradient_checkpointing)
 
     # 2. The data, checked against the model; caches let the VAE and text encoders leave the GPU.
-    dataset_configs, dataset_name = _dataset_configs(config)
-    dataset = PairedDataset(dataset_configs, seed=config.seed, progress=config.progress and main)
-    check_resolutions(dataset, pipe, dataset_name)
-    if config.cache_latents:
-        cache = output_dir / "cache" / "latents" if config.cache_latents_to_disk else None
-        with accelerator.main_process_first():
-            dataset.cache_latents(vae, cache, progress=config.progress and main)
-    if config.cache_text_encoder_outputs:
-        dataset.cache_text_encoder_outputs(tokenizers, text_encoders, progress=config.progress and main)
-    offload = device.type == "cuda"
-    if offload and config.cache_latents:
-        vae.to("cpu")
-    if offload and config.cache_text_encoder_outputs:
-        for encoder in text_encoders:
-            encoder.to("cpu")
+    dataset, dataset_name = load_dataset(config, pipe, accelerator)
+    offload_encoders(pipe, config)
     sampler = BucketBatchSampler(dataset, shuffle=True, seed=config.seed)
-    batches_per_epoch = len(epoch_batches(sampler, 0))
-    steps_per_epoch = max(1, batches_per_epoch // (world * config.gradient_accumulation_steps))
+    accumulation = config.gradient_accumulation_steps
+    steps_per_epoch = max(1, len(epoch_batches(sampler, 0)) // (world * accumulation))
     max_steps = config.max_train_epochs * steps_per_epoch if config.max_train_epochs else config.max_train_steps
+    metadata = run_metadata(config, dataset, dataset_name, accelerator.mixed_precision)
 
     # 3. The network: seeded, attached through hooks, float32 whatever the model's dtype.
     torch.manual_seed(config.seed)
-    network = create_network(unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path).to(device)
-    network.apply_to(unet)
+    network = create_network(pipe.unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path).to(device)
+    network.apply_to(pipe.unet)
     network.train()
+    model = ControlledUNet(pipe.unet, network)
     optimizer = _make_optimizer(config, network.parameters(), accelerator)
-    budget_used = 0.0  # fraction of max_train_seconds spent, the same on every process
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda at: lr_factor(config.lr_scheduler, at, config.lr_warmup_steps, max_steps, budget_used))
-    step, losses = 0, []
+    step, losses, seconds_before = 0, [], 0.0
     if resume_from is not None:
         state = load_checkpoint(resume_from, network)
         optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
         step, losses = state["step"], [tuple(x) for x in state["losses"]]
+        seconds_before = state.get("train_seconds", 0.0)  # absent from checkpoints of older versions
         accelerator.print(f"resuming from {resume_from} at step {step}")
-    model = ControlledUNet(unet, network)
-    # The scheduler is stepped here once per optimizer step; accelerate's wrapper would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     if resume_from is not None and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
     if tensorboard:
         accelerator.init_trackers("lllite", config={k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool))})
+    ddpm = noise_scheduler()
+    alphas_cumprod = ddpm.alphas_cumprod.to(device)
 
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                    beta_schedule="scaled_linear", prediction_type="epsilon")
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
-    scaling_factor = vae.config.scaling_factor
-
-    def write_outputs(at_step: int, final_file: bool) -> Path | None:
-        if not main:
-            return None
-        epoch = at_step // steps_per_epoch
-        metadata = _metadata(config, dataset, at_step, epoch, dataset_name, mixed_precision)
-        target = final if final_file else output_dir / f"{config.output_name}-step{at_step:08d}.safetensors"
-        network.save(target, dtype=SAVE_PRECISIONS[config.save_precision], metadata=metadata, overwrite=True)
-        if losses:
-            plot_losses(losses, output_dir / "loss.png")
-        return target
-
-    def checkpoint(at_step: int) -> None:
-        if main:
-            state = {"step": at_step, "losses": losses, "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": lr_scheduler.state_dict(),
-                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                     "config": {k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool, type(None)))}}
-            save_checkpoint(checkpoint_dir(output_dir, at_step), network, state)
-            for old in find_checkpoints(output_dir)[:-config.checkpoints_total_limit]:
-                shutil.rmtree(old)
-            write_outputs(at_step, final_file=False)
-        accelerator.wait_for_everyone()
-
-    def validate(at_step: int) -> None:
-        if main:
-            from .sampling import save_png
-
-            if offload:
-                vae.to(device)
-                for encoder in text_encoders:
-                    encoder.to(device)
-            with accelerator.autocast():
-                grid = validation_grid(pipe, network, dataset, config, at_step)
-            save_png(grid, output_dir / "samples" / f"{config.output_name}-step{at_step:08d}.png", overwrite=True)
-            if offload and config.cache_latents:
-                vae.to("cpu")
-            if offload and config.cache_text_encoder_outputs:
-                for encoder in text_encoders:
-                    encoder.to("cpu")
-        accelerator.wait_for_everyone()
-
-    # 4. The loop: one optimizer step per iteration, its micro-batches drawn from (seed, step).
-    accumulation = config.gradient_accumulation_steps
+    # 4. The loop: one optimizer step per iteration; its data and draws depend on (seed, step) alone,
+    # its learning rate on the step and the share of the time budget used.
     batches = training_batches(dataset, sampler, steps_per_epoch, accumulation, world, rank, step,
                                config.max_data_loader_n_workers)
     budget = f" (at most {config.max_train_seconds:g} s)" if config.max_train_seconds else ""
     bar = tqdm(total=max_steps, initial=step, desc=f"training LLLite{budget}", unit="step", disable=not (config.progress and main))
     started = time.monotonic()
+    used = time_used(seconds_before, config.max_train_seconds, accelerator)
     stopped_by = "max_train_steps"
     while step < max_steps:
-        if config.max_train_seconds is not None:
-            elapsed = torch.tensor(time.monotonic() - started, device=device)
-            budget_used = accelerator.reduce(elapsed, "max").item() / config.max_train_seconds
-            if budget_used >= 1:
-                stopped_by = "max_train_seconds"
-                break
+        if used >= 1:
+            stopped_by = "max_train_seconds"
+            break
+        lr = config.learning_rate * lr_factor(config.lr_scheduler, step, config.lr_warmup_steps, max_steps, used)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for micro, batch in enumerate(next(batches)):
             generator = step_generator(config.seed, step, micro, rank)
             with torch.no_grad():
-                if "latents" in batch:
-                    latents = batch["latents"].to(device, torch.float32)
-                else:
-                    pixels = batch["image"].to(device, vae_dtype)
-                    latents = vae.encode(pixels).latent_dist.mean.float() * scaling_factor
-                if "prompt_embeds" in batch:
-                    prompt_embeds, pooled = batch["prompt_embeds"].to(device), batch["pooled_prompt_embeds"].to(device)
-                else:
-                    prompt_embeds, pooled = encode_prompts(tokenizers, text_encoders, batch["caption"])
-                time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1)
-                size = latents.shape[0]
-                noise = torch.randn(latents.shape, generator=generator)
-                if config.noise_offset:
-                    noise += config.noise_offset * torch.randn((size, latents.shape[1], 1, 1), generator=generator)
-                count = noise_scheduler.config.num_train_timesteps
-                if config.timestep_sampling == "cubic":
-                    timesteps = ((1 - torch.rand(size, generator=generator) ** 3) * count).long().clamp(0, count - 1)
-                else:
-                    timesteps = torch.randint(0, count, (size,), generator=generator)
-                noise, timesteps = noise.to(device), timesteps.to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            sync = micro == accumulation - 1
-            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+                latents, prompt_embeds, pooled, time_ids = encode_batch(batch, pipe, vae_dtype, device)
+                noise = sample_noise(latents.shape, generator, config.noise_offset).to(device)
+                timesteps = sample_timesteps(config.timestep_sampling, len(latents), generator).to(device)
+                noisy = ddpm.add_noise(latents, noise, timesteps)
+            # Gradients are averaged over the processes once per step, in the last micro-batch's backward.
+            with contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model):
                 prediction = model(noisy.to(weight_dtype), timesteps, batch["conditioning_image"].to(device),
-                                   prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(device, weight_dtype))
-                loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-                snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
-                if config.min_snr_gamma is not None:
-                    loss = loss * torch.clamp(snr, max=config.min_snr_gamma) / snr
-                if config.debiased_estimation_loss:
-                    loss = loss / torch.sqrt(torch.clamp(snr, max=1000.0))
-                loss = loss.mean() / accumulation
+                                   prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(weight_dtype))
+                weights = loss_weights(signal_to_noise(alphas_cumprod[timesteps]), min_snr_gamma=config.min_snr_gamma,
+                                       debiased=config.debiased_estimation_loss)
+                loss = noise_loss(prediction, noise, weights) / accumulation
                 accelerator.backward(loss)
             step_loss += loss.detach()
         step_loss = accelerator.reduce(step_loss, "mean").item()
         if not math.isfinite(step_loss):
-            kept = find_checkpoints(output_dir)
-            where = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written (set save_every_n_steps)"
-            raise TrainError(f"the loss became {step_loss} at step {step + 1}: training stopped and nothing more was written; "
-                             f"{where}. Lower learning_rate, or use bf16 instead of fp16")
+            raise _diverged(step_loss, step + 1, output_dir)
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(network.parameters(), config.max_grad_norm)
         optimizer.step()
-        lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         losses.append((step, step_loss))
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if on_step is not None and main:
             on_step(step, step_loss)
         if tensorboard:
-            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+            accelerator.log({"loss": step_loss, "lr": lr}, step=step)
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < max_steps:
-            checkpoint(step)
+            checkpoint(accelerator, network, optimizer, config, metadata, step, steps_per_epoch, losses,
+                       seconds_before + time.monotonic() - started)
         if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
-            validate(step)
+            validate(accelerator, pipe, network, dataset, config, step)
+        used = time_used(seconds_before + time.monotonic() - started, config.max_train_seconds, accelerator)
     bar.close()
     train_seconds = time.monotonic() - started
 
-    weights = write_outputs(step, final_file=True)
+    weights = save_network(network, final, config, metadata, step, steps_per_epoch, losses) if main else None
     if config.sample_every_n_steps and step % config.sample_every_n_steps:
-        validate(step)
+        validate(accelerator, pipe, network, dataset, config, step)
     accelerator.wait_for_everyone()
     if tensorboard:
         accelerator.end_training()
+    restore_encoders(pipe)  # a notebook samples from the same pipeline next
     network.eval()
     return TrainResult(network, weights, step, losses, train_seconds, stopped_by)
 
@@ -855,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         result = train(config)
-    except (TrainError, DatasetConfigError, FileNotFoundError, FileExistsError) as error:
+    except LLLiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.weights is not None:

@@ -61,7 +61,7 @@ print(env)
 # %%
 from pathlib import Path
 
-from lllite.notebook import shapes_dataset
+from lllite.recipes import shapes_dataset
 
 DATA_DIR = None  # e.g. "/content/drive/MyDrive/my_dataset"
 

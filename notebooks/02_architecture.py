@@ -56,7 +56,8 @@ print(env)
 # %%
 from ipywidgets import Dropdown, ToggleButtons
 
-from lllite.notebook import LiveView, module_shapes_table
+from lllite.architecture import module_shapes_table
+from lllite.notebook import LiveView
 
 LiveView(module_shapes_table,
          depth=ToggleButtons(options=[1, 2, 3], value=3, description="depth"),
@@ -69,7 +70,8 @@ LiveView(module_shapes_table,
 
 # %%
 from lllite.module import conditioning_stride, token_grid
-from lllite.notebook import SDXL_WIDTH_AT_DEPTH, markdown_table
+from lllite.architecture import SDXL_WIDTH_AT_DEPTH
+from lllite.notebook import markdown_table
 
 summary = []
 for depth in (1, 2, 3):
@@ -84,7 +86,8 @@ markdown_table(summary, ["depth", "downscale", "embedding grid", "tokens", "Line
 # ControlNet is diffusers' `ControlNetModel.from_unet`, the LLLite is kohya's default network.
 
 # %%
-from lllite.notebook import parameter_counts, plot_parameter_counts, show
+from lllite.architecture import parameter_counts, plot_parameter_counts
+from lllite.notebook import show
 
 counts = parameter_counts()
 show(plot_parameter_counts(counts))
@@ -113,7 +116,7 @@ import torch
 
 from lllite.conditioning import canny
 from lllite.module import LLLiteModule
-from lllite.notebook import embedding_channels
+from lllite.architecture import embedding_channels
 from lllite.toy.shapes import render_sample
 
 shape = render_sample(3, size=512)
@@ -145,7 +148,7 @@ show(image_grid([[Image.fromarray(shape.image).resize((256, 256)), Image.fromarr
 # (the file format can hold up-path modules too; the toy recipe of notebook 03 uses them).
 
 # %%
-from lllite.notebook import attachment_table, plot_attachment
+from lllite.architecture import attachment_table, plot_attachment
 from lllite.sdxl import sdxl_unet
 
 unet = sdxl_unet("meta")
@@ -176,7 +179,8 @@ markdown_table([(f"`{t.name}`", f"`{t.path}`") for t in (targets[0], targets[8],
 # on SDXL with a GPU):
 
 # %%
-from lllite.notebook import init_comparison, load_pipeline
+from lllite.architecture import init_comparison
+from lllite.notebook import load_pipeline
 
 pipe = load_pipeline(env)
 steps = 2 if env.quick else 20
@@ -190,7 +194,7 @@ show(grid)
 # has moved. Gradient norms of one backward pass through the UNet:
 
 # %%
-from lllite.notebook import INITS, first_step_gradients, fresh_network
+from lllite.architecture import INITS, first_step_gradients, fresh_network
 
 rows = []
 for init in INITS:

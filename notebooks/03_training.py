@@ -53,7 +53,7 @@ print(env)
 from pathlib import Path
 
 from lllite.data import DatasetConfig, SubsetConfig, load_dataset_config
-from lllite.notebook import shapes_dataset
+from lllite.recipes import shapes_dataset
 
 DATA_DIR = None  # a folder, e.g. "/content/drive/MyDrive/my_dataset", or a dataset .toml
 
@@ -80,7 +80,8 @@ else:
 # `OVERWRITE = True` starts over in a folder that already holds a run.
 
 # %%
-from lllite.notebook import load_pipeline, markdown_table, training_config
+from lllite.notebook import load_pipeline, markdown_table
+from lllite.recipes import training_config
 
 OUTPUT_DIR = "runs/03_training"
 OVERWRITE = False

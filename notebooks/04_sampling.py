@@ -19,9 +19,10 @@
 #
 # Load an LLLite file (one you trained in notebook 03, or a published one such as kohya's
 # `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline, and see what its
-# settings do: the **strength** (the multiplier of every module), the **step range** (the fraction of
-# the denoising steps where it acts, like diffusers' `control_guidance_start/end`) and the **seed**.
-# Then compare strengths side by side, and measure how closely the images follow the control.
+# settings do: the **strength** (`multiplier`, kohya's name: how much of each module's change is
+# applied), the **step range** (the fractions of the denoising steps where it acts:
+# `control_guidance_start` and `control_guidance_end`, diffusers' names) and the **seed**. Then
+# compare strengths side by side, and measure how closely the images follow the control.
 
 # %%
 # Setup: in Colab, install the project; everywhere, find the GPU and choose the model.
@@ -48,7 +49,8 @@ print(env)
 
 # %%
 import lllite
-from lllite.notebook import find_weights, load_pipeline, shapes_dataset, training_config
+from lllite.notebook import find_weights, load_pipeline
+from lllite.recipes import shapes_dataset, training_config
 from lllite.train import train
 
 WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"
@@ -107,9 +109,9 @@ from ipywidgets import FloatRangeSlider, FloatSlider, IntSlider
 from lllite.notebook import LiveView, control_view
 
 LiveView(partial(control_view, pipe, network, control, prompt, num_inference_steps=steps),
-         strength=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
-         steps_range=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
-                                      continuous_update=False),
+         multiplier=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="strength", continuous_update=False),
+         control_guidance=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="steps",
+                                           continuous_update=False),
          seed=IntSlider(value=0, min=0, max=99, description="seed", continuous_update=False))
 
 # %% [markdown]
@@ -150,17 +152,19 @@ show(step_range_grid(pipe, network, control, prompt, seeds=[0] if env.quick else
 # anywhere: that is the level the control has to beat.
 
 # %%
-from lllite.notebook import fidelity_by_strength, markdown_table, plot_fidelity
+from lllite.evaluate import fidelity_by_strength, plot_fidelity
+from lllite.notebook import markdown_table
 
 held_out = eval_samples(2 if env.quick else (8 if env.model == "sdxl" else 32), size=env.image_size)
-curve = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
-show(plot_fidelity(curve))
-markdown_table([(s, f"{iou:.3f}", f"{f:.3f}") for s, iou, f in zip(curve.strengths, curve.means("iou"), curve.means("edge_f"))],
+fidelity = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
+show(plot_fidelity(fidelity))
+iou, edge_f = fidelity.means("iou"), fidelity.means("edge_f")
+markdown_table([(m, f"{a:.3f}", f"{b:.3f}") for m, a, b in zip(fidelity.multipliers, iou, edge_f)],
                ["strength", "shape IoU", "edge F-score"])
 
 # %% [markdown]
 # ## More than one network
 #
 # Several LLLite files can act at once, each with its own control image and strength:
-# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, strength=[0.8, 0.5])`.
+# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, multiplier=[0.8, 0.5])`.
 # LoRAs loaded with `pipe.load_lora_weights` work alongside.

@@ -217,7 +217,7 @@ def pipe():
 
 
 def config(**overrides) -> SynthesisConfig:
-    settings = dict(prompts=["a {red|blue} {circle|square}", "a green triangle"], num_images=3, seed=5, steps=2,
+    settings = dict(prompts=["a {red|blue} {circle|square}", "a green triangle"], num_images=3, seed=5, num_inference_steps=2,
                     width=64, height=64, conditioning=("canny", "greyscale"), model="toy-test")
     return SynthesisConfig(**{**settings, **overrides})
 
@@ -278,13 +278,23 @@ def test_synthesis_refuses_to_continue_a_folder_made_with_other_settings(pipe, t
         synthesize(pipe, config(num_images=1, seed=9), tmp_path, progress=False)
 
 
+def test_a_folder_recorded_under_the_earlier_name_steps_is_continued(pipe, tmp_path):
+    synthesize(pipe, config(num_images=1), tmp_path, progress=False)
+    record = json.loads((tmp_path / "synthesis.json").read_text())
+    record["steps"] = record.pop("num_inference_steps")  # as the settings were written before the rename
+    (tmp_path / "synthesis.json").write_text(json.dumps(record))
+    assert synthesize(pipe, config(num_images=2), tmp_path, progress=False) == (1, 1)
+    with pytest.raises(CommandError, match="other num_inference_steps"):
+        synthesize(pipe, config(num_images=3, num_inference_steps=3), tmp_path, progress=False)
+
+
 def test_synthesize_cli_makes_a_dataset_that_passes_check_and_loads(pipe, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("data_tools.synthesize.load_model", lambda model, device, dtype: pipe)
+    monkeypatch.setattr("data_tools.synthesize.load_pipeline", lambda model, dtype, device, what: pipe)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a {red|yellow} circle\n")
     out = tmp_path / "synthetic"
     argv = ["synthesize", "--model", "toy", "--prompts", str(prompts), "--out", str(out), "--num-images", "2",
-            "--steps", "2", "--width", "64", "--height", "64"]
+            "--num-inference-steps", "2", "--width", "64", "--height", "64"]
     assert main(argv) == 0
     assert main(["check", str(out / "images"), "--conditioning", str(out / "canny"), "--quiet"]) == 0
     assert "2 usable pair(s); 0 conversion(s), 0 file(s) skipped" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import lllite
-import lllite.toy
+import lllite.pipelines
 from lllite.__main__ import main
 from lllite.demo import DemoConfig, run_demo
 from lllite.names import find_targets
@@ -47,7 +47,7 @@ def test_the_demo_refuses_to_replace_an_earlier_demo_unless_asked(tmp_path):
 
 
 def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lllite.toy, "load_pipeline", lambda: build_pipeline("test"))
+    monkeypatch.setattr(lllite.pipelines, "load_pipeline", lambda name: build_pipeline("test"))
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
@@ -86,6 +86,8 @@ def test_a_failing_training_process_is_reported_and_the_others_are_not_waited_fo
 
     monkeypatch.setattr(lllite.demo, "train", second_process_fails)  # the forked processes inherit it
     started = time.monotonic()
-    with pytest.raises(lllite.demo.TrainError, match="training process 1 failed.*processes=1"):
+    with pytest.raises(lllite.demo.TrainError, match="training process 1 failed.*processes=1") as raised:
         run_demo(quick(tmp_path, processes=2), build_pipeline("test"))
     assert time.monotonic() - started < 60
+    # The failed process's own error, not "see its error above": that had scrolled away.
+    assert "RuntimeError: out of memory" in str(raised.value) and "in second_process_fails" in str(raised.value)

@@ -38,31 +38,32 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_generate_makes_one_image_per_seed_with_its_parameters(pipe, network):
-    images = generate(pipe, network, control(), "a red circle", seed=[3, 4], num_inference_steps=STEPS, strength=0.5)
+    images = generate(pipe, network, control(), "a red circle", seed=[3, 4], num_inference_steps=STEPS, multiplier=0.5)
     assert [im.size for im in images] == [(64, 64), (64, 64)]
     params = [json.loads(im.info["parameters"]) for im in images]
     assert [p["seed"] for p in params] == [3, 4]
-    assert params[0]["strength"] == 0.5 and params[0]["prompt"] == "a red circle"
+    assert params[0]["multiplier"] == 0.5 and params[0]["prompt"] == "a red circle"
     assert params[0]["num_inference_steps"] == STEPS and (params[0]["height"], params[0]["width"]) == (64, 64)
-    again = generate(pipe, network, control(), "a red circle", seed=3, num_inference_steps=STEPS, strength=0.5)[0]
+    again = generate(pipe, network, control(), "a red circle", seed=3, num_inference_steps=STEPS, multiplier=0.5)[0]
     assert np.array_equal(pixels(again), pixels(images[0]))
 
 
 def test_strength_zero_is_the_base_model_and_strength_one_changes_the_image(pipe, network):
     base = pipe("a red circle", height=64, width=64, num_inference_steps=STEPS,
                 generator=torch.Generator().manual_seed(0)).images[0]
-    off, on = (generate(pipe, network, control(), "a red circle", seed=0, num_inference_steps=STEPS, strength=s)[0]
+    off, on = (generate(pipe, network, control(), "a red circle", seed=0, num_inference_steps=STEPS, multiplier=s)[0]
                for s in (0.0, 1.0))
     assert np.array_equal(pixels(off), pixels(base))
     assert np.abs(pixels(on) - pixels(base)).mean() > 1
 
 
 def test_generate_leaves_the_network_as_it_found_it(pipe, network):
-    generate(pipe, network, control(), "a red circle", num_inference_steps=STEPS, strength=0.3, start=0.2, end=0.8)
+    generate(pipe, network, control(), "a red circle", num_inference_steps=STEPS, multiplier=0.3, control_guidance_start=0.2,
+             control_guidance_end=0.8)
     assert not network.is_attached and network.cond_image is None
     network.apply_to(pipe)
     network.set_multiplier(0.7)
-    generate(pipe, network, control(), "a red circle", num_inference_steps=STEPS, strength=0.3)
+    generate(pipe, network, control(), "a red circle", num_inference_steps=STEPS, multiplier=0.3)
     assert network.is_attached and network.multiplier == 0.7
     network.remove()
 
@@ -70,10 +71,10 @@ def test_generate_leaves_the_network_as_it_found_it(pipe, network):
 def test_two_networks_at_once_and_one_switched_off_equal_the_other_alone(pipe, network):
     other = randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8), seed=1, scale=0.3)
     both = generate(pipe, [network, other], [control(0), control(1)], "a blue square", num_inference_steps=STEPS,
-                    strength=[1.0, 0.0])[0]
-    alone = generate(pipe, network, control(0), "a blue square", num_inference_steps=STEPS, strength=1.0)[0]
+                    multiplier=[1.0, 0.0])[0]
+    alone = generate(pipe, network, control(0), "a blue square", num_inference_steps=STEPS, multiplier=1.0)[0]
     assert np.array_equal(pixels(both), pixels(alone))
-    assert json.loads(both.info["parameters"])["strength"] == [1.0, 0.0]
+    assert json.loads(both.info["parameters"])["multiplier"] == [1.0, 0.0]
 
 
 def test_generate_refuses_mismatched_lists(pipe, network):
@@ -85,9 +86,9 @@ def test_generate_refuses_mismatched_lists(pipe, network):
 
 def test_strength_grid_has_prompts_and_seeds_in_rows_and_strengths_in_columns(pipe, network):
     grid = strength_grid(pipe, network, [control(0), control(1)], ["a red circle", "a blue square"], seeds=[0, 1],
-                         strengths=[0.0, 0.5, 1.0], num_inference_steps=STEPS, progress=False)
+                         multipliers=[0.0, 0.5, 1.0], num_inference_steps=STEPS, progress=False)
     cells = json.loads(grid.info["parameters"])
-    assert [[c["strength"] for c in row] for row in cells] == [[0.0, 0.5, 1.0]] * 4
+    assert [[c["multiplier"] for c in row] for row in cells] == [[0.0, 0.5, 1.0]] * 4
     assert [(row[0]["prompt"], row[0]["seed"]) for row in cells] == [
         ("a red circle", 0), ("a red circle", 1), ("a blue square", 0), ("a blue square", 1)]
     # Four columns of 64 px (control + 3 strengths) and four rows, plus labels.
@@ -95,7 +96,7 @@ def test_strength_grid_has_prompts_and_seeds_in_rows_and_strengths_in_columns(pi
 
 
 def test_grid_cells_equal_single_generations(pipe, network):
-    grid = strength_grid(pipe, network, control(), "a red circle", seeds=[5], strengths=[1.0],
+    grid = strength_grid(pipe, network, control(), "a red circle", seeds=[5], multipliers=[1.0],
                          num_inference_steps=STEPS, progress=False)
     single = generate(pipe, network, control(), "a red circle", seed=5, num_inference_steps=STEPS)[0]
     # The generated cell is the bottom-right 64x64 block, above a margin of a few pixels.
@@ -104,12 +105,13 @@ def test_grid_cells_equal_single_generations(pipe, network):
 
 
 def test_step_range_grid_and_side_by_side_record_what_each_cell_used(pipe, network):
-    grid = step_range_grid(pipe, network, control(), "a red circle", seeds=[0], ranges=[(0.0, 1.0), (0.5, 1.0)],
-                           num_inference_steps=4, progress=False)
-    assert [(c["start"], c["end"]) for c in json.loads(grid.info["parameters"])[0]] == [(0.0, 1.0), (0.5, 1.0)]
-    pair = side_by_side(pipe, network, control(), "a red circle", seed=2, strength=0.8, num_inference_steps=STEPS)
+    grid = step_range_grid(pipe, network, control(), "a red circle", seeds=[0],
+                           control_guidance_ranges=[(0.0, 1.0), (0.5, 1.0)], num_inference_steps=4, progress=False)
+    assert [(c["control_guidance_start"], c["control_guidance_end"]) for c in json.loads(grid.info["parameters"])[0]] == [
+        (0.0, 1.0), (0.5, 1.0)]
+    pair = side_by_side(pipe, network, control(), "a red circle", seed=2, multiplier=0.8, num_inference_steps=STEPS)
     without, with_ = json.loads(pair.info["parameters"])
-    assert (without["strength"], with_["strength"], with_["seed"]) == (0.0, 0.8, 2)
+    assert (without["multiplier"], with_["multiplier"], with_["seed"]) == (0.0, 0.8, 2)
 
 
 def test_save_png_keeps_the_parameters_and_never_overwrites_silently(pipe, network, tmp_path):

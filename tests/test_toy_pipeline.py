@@ -3,7 +3,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from lllite.toy import build_pipeline, load_pipeline
+from lllite.pipelines import load_pipeline
+from lllite.toy import build_pipeline
 from lllite.toy.pipeline import CAPTION_WORDS, WEIGHTS_DIR
 
 
@@ -101,12 +102,12 @@ def test_unknown_config_is_rejected_with_the_choices():
 def test_load_pipeline_names_the_folder_and_command_when_weights_are_missing(monkeypatch, tmp_path):
     monkeypatch.setattr("lllite.toy.pipeline.WEIGHTS_DIR", tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match="weights.*python -m lllite.toy.pretrain"):
-        load_pipeline()
+        load_pipeline("toy")
 
 
 @pytest.mark.skipif(
     not (WEIGHTS_DIR / "model_index.json").is_file(), reason="toy weights not created (python -m lllite.toy.pretrain)"
 )
 def test_shipped_weights_load_and_generate_a_128px_image():
-    pipe = load_pipeline()
+    pipe = load_pipeline("toy")
     assert _generate(pipe, height=128, width=128).shape == (1, 128, 128, 3)

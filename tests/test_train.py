@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import lllite
 from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
+from lllite.launch import launch
+from lllite.objective import lr_factor
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import write_dataset
-from lllite.train import TrainConfig, TrainError, check_sdxl, lr_factor, main, step_generator, train
+from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,18 @@ def config(shapes: Path, out: Path, **changes) -> TrainConfig:
 
 def weights_of(network) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def kill_at_unet_call(pipe, call: int):
+    """Stop a run as a kill would, in the middle of a step: at the UNet's ``call``-th forward (one per step here)."""
+    calls = {"n": 0}
+
+    def kill(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+
+    return pipe.unet.register_forward_pre_hook(kill, with_kwargs=True)
 
 
 def test_training_writes_a_kohya_file_with_metadata_a_loss_plot_and_validation_grids(shapes, tmp_path):
@@ -77,14 +89,7 @@ def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterru
     whole = train(config(shapes, tmp_path / "whole", max_train_steps=6), build_pipeline("test"))
 
     pipe = build_pipeline("test")
-    calls = {"n": 0}
-
-    def die_in_step_five(module, args, kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-
-    handle = pipe.unet.register_forward_pre_hook(die_in_step_five, with_kwargs=True)
+    handle = kill_at_unet_call(pipe, 5)
     with pytest.raises(KeyboardInterrupt):
         train(config(shapes, tmp_path / "cut", max_train_steps=6, save_every_n_steps=2), pipe)
     handle.remove()
@@ -96,6 +101,38 @@ def test_a_run_killed_mid_step_and_resumed_ends_with_the_weights_of_an_uninterru
     assert [s for s, _ in resumed.losses] == [1, 2, 3, 4, 5, 6]
     for key, value in weights_of(whole.network).items():
         torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_run_follows_the_learning_rate_schedule_of_an_uninterrupted_one(shapes, tmp_path):
+    # No scheduler state is saved: the rate of every step follows from the step (and the time used).
+    settings = dict(max_train_steps=5, lr_scheduler="cosine", lr_warmup_steps=2, learning_rate=3e-3)
+    whole = train(config(shapes, tmp_path / "whole", **settings), build_pipeline("test"))
+    pipe = build_pipeline("test")
+    handle = kill_at_unet_call(pipe, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(shapes, tmp_path / "cut", save_every_n_steps=3, **settings), pipe)
+    handle.remove()
+    resumed = train(config(shapes, tmp_path / "cut", save_every_n_steps=3, resume="latest", **settings),
+                    build_pipeline("test"))
+    assert resumed.steps == 5
+    for key, value in weights_of(whole.network).items():
+        torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_holds_the_training_time_used_and_a_resumed_run_counts_it_against_its_budget(shapes, tmp_path):
+    train(config(shapes, tmp_path, max_train_steps=3, save_every_n_steps=2), build_pipeline("test"))
+    state_file = tmp_path / "checkpoints" / "step-00000002" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert state["step"] == 2 and 0 < state["train_seconds"] < 120 and "lr_scheduler" not in state
+    torch.save({**state, "train_seconds": 100.0}, state_file)
+    resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
+                    build_pipeline("test"))
+    assert resumed.stopped_by == "max_train_seconds" and resumed.steps == 2
+    # A checkpoint without the time used (as earlier versions wrote them) resumes with none used.
+    torch.save({key: value for key, value in state.items() if key != "train_seconds"}, state_file)
+    resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
+                    build_pipeline("test"))
+    assert resumed.stopped_by == "max_train_steps" and resumed.steps == 3
 
 
 def test_checkpoints_keep_only_the_newest_and_hold_optimizer_state(shapes, tmp_path):
@@ -308,24 +345,15 @@ def test_the_command_line_reports_a_user_mistake_in_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ DDP
 
 
-def _ddp_worker(rank: int, world: int, port: int, shapes: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    # A forked child inherits the parent's single-process accelerate state; a launched process has none.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    result = train(config(Path(shapes), Path(out), max_train_steps=3), build_pipeline("test"))
+def _ddp_worker(shapes: Path, out: Path) -> None:
+    result = train(config(shapes, out, max_train_steps=3), build_pipeline("test"))
     torch.save({"weights": weights_of(result.network), "losses": result.losses, "file": result.weights},
-               Path(out).parent / f"rank{rank}.pt")
+               out.parent / f"rank{os.environ['RANK']}.pt")
 
 
 def test_two_cpu_processes_train_as_one_ddp_job_with_identical_weights_and_one_writer(shapes, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # fork: the children inherit the imported libraries instead of importing them again (seconds each)
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(shapes), str(tmp_path / "out")), nprocs=2,
-                                          start_method="fork")
+    # The environment of `accelerate launch`, in forked processes that inherit the imported libraries.
+    launch(_ddp_worker, shapes, tmp_path / "out", processes=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for key, value in ranks[0]["weights"].items():
         assert torch.equal(ranks[1]["weights"][key], value), key

@@ -1,7 +1,7 @@
 """A tiny SDXL pipeline built locally: same block layout and code path as SDXL, a few MB of weights.
 
 `build_pipeline` makes one with random weights (for unit tests and as the starting point of
-pretraining); `load_pipeline` loads the pretrained weights shipped in ``lllite/toy/weights``.
+pretraining); ``lllite.load_pipeline("toy")`` loads the pretrained weights shipped in ``lllite/toy/weights``.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from lllite.objective import SDXL_SCHEDULE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAIN_COMMAND = "python -m lllite.toy.pretrain"
@@ -135,13 +137,9 @@ def _text_config(cfg: ToyConfig, hidden: int, tokenizer: CLIPTokenizer, projecti
 
 
 def make_scheduler() -> EulerDiscreteScheduler:
-    """SDXL's scheduler settings; training uses the same betas (DDPM, epsilon prediction)."""
+    """SDXL's sampling scheduler: Euler over the betas that training uses (:data:`lllite.objective.SDXL_SCHEDULE`)."""
     return EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        **SDXL_SCHEDULE,
         timestep_spacing="leading",
         steps_offset=1,
         interpolation_type="linear",
@@ -218,18 +216,3 @@ def build_pipeline(config: str = "toy", seed: int = 0, device="cpu") -> StableDi
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
-
-def load_pipeline(device="cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionXLPipeline:
-    """The pretrained toy SDXL shipped in ``lllite/toy/weights``: "a red circle" draws a red circle.
-
-    Args:
-        device: where the pipeline's modules are placed.
-        dtype: parameter dtype; float32 is the one the weights were trained in.
-    """
-    if not (WEIGHTS_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the toy pipeline weights are missing from {WEIGHTS_DIR}; create them with `{PRETRAIN_COMMAND}`"
-        )
-    pipe = StableDiffusionXLPipeline.from_pretrained(WEIGHTS_DIR, torch_dtype=dtype, add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)

@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import math
-import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -27,10 +24,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
+from lllite.errors import LLLiteError, OutputExistsError
+from lllite.images import from_uint8, to_uint8
+from lllite.launch import launch
 from lllite.metrics import has_colour_blob, shape_iou
+from lllite.objective import (loss_weights, lr_factor, noise_loss, noise_scheduler, sample_noise, sample_timesteps,
+                              signal_to_noise)
 from lllite.toy.pipeline import WEIGHTS_DIR, build_pipeline
 from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples, render_sample
 
@@ -72,7 +74,10 @@ class PretrainConfig:
     # How each sample's noise loss is weighted by its timestep's signal-to-noise ratio: "uniform" (plain
     # MSE), "min-snr" (min(SNR, min_snr_gamma) / SNR) or "debiased" (1 / sqrt(SNR)). The last two move
     # the weight towards the noisy timesteps, where an image's colour and layout are decided; "debiased"
-    # moves it furthest, and reached the gate in 6000 steps where the plain loss needed 16000.
+    # moves it furthest, and reached the gate in 6000 steps where the plain loss needed 16000. The shipped
+    # weights were trained before "debiased" capped SNR at 1000 (as the LLLite trainer does; it changes
+    # the weight at t = 0 only) and before the warmup started from 0 instead of 1 / warmup_steps; the
+    # hour-long run has not been repeated since.
     loss_weighting: str = "debiased"
     min_snr_gamma: float = 5.0
     gate_seeds: int = 16
@@ -90,32 +95,25 @@ class PretrainConfig:
 
 
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "debiased")
+#: Both stages warm up linearly, then decay along a cosine to this fraction of their peak rate.
+MIN_LR_RATE = 0.1
+
+
+class PretrainError(LLLiteError):
+    """A pretraining setting that cannot work; the message names it and what would."""
 
 
 def _check_loss_weighting(weighting: str) -> None:
     if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+        raise PretrainError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
 
 
 def timestep_weights(alpha_cumprod: torch.Tensor, weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
-    """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``).
-
-    SNR is ``alpha_cumprod / (1 - alpha_cumprod)``; "min-snr" is Hang et al.'s min(SNR, gamma) / SNR for
-    epsilon prediction (1 on the noisy timesteps, less on the clean ones), "debiased" is 1 / sqrt(SNR).
-    """
+    """Per-sample weights of the noise loss at timesteps with these cumulative alphas (see ``loss_weighting``):
+    :func:`lllite.objective.loss_weights` with min-SNR ("min-snr"), 1 / sqrt(SNR) ("debiased") or neither."""
     _check_loss_weighting(weighting)
-    if weighting == "uniform":
-        return torch.ones_like(alpha_cumprod)
-    snr = alpha_cumprod / (1 - alpha_cumprod)
-    return snr.clamp(max=min_snr_gamma) / snr if weighting == "min-snr" else snr.rsqrt()
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return loss_weights(signal_to_noise(alpha_cumprod), min_snr_gamma=min_snr_gamma if weighting == "min-snr" else None,
+                        debiased=weighting == "debiased")
 
 
 class _Group:
@@ -180,8 +178,7 @@ def render_training_set(cfg: PretrainConfig, progress: bool = True) -> tuple[tor
         images[index] = sample.image
         masks[index, 0] = sample.mask > 0
         captions.append(sample.caption)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return pixels, torch.from_numpy(masks), captions
+    return from_uint8(images), torch.from_numpy(masks), captions
 
 
 def outline_band(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -222,8 +219,8 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         vae.quant_conv.bias[vae.config.latent_channels :] = cfg.initial_logvar
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.vae_steps, cfg.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor("cosine", step, cfg.warmup_steps, cfg.vae_steps, min_lr_rate=MIN_LR_RATE)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     limit = cfg.image_size - cfg.vae_crop
@@ -252,7 +249,7 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         loss.backward()
         group.sum_gradients(vae.parameters())
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
         progress.set_postfix(mse=f"{group.sum(reconstruction_loss.detach()).item():.4f}", kl=f"{kl.item():.0f}")
     vae.eval()
     vae.requires_grad_(False)
@@ -293,7 +290,7 @@ def train_unet(
     cfg: PretrainConfig,
     group: _Group | None = None,
 ) -> None:
-    """SDXL's objective: DDPM (scaled_linear 0.00085..0.012, 1000 steps), epsilon prediction, time ids.
+    """SDXL's objective (:mod:`lllite.objective`): DDPM noise, epsilon prediction, micro-conditioning time ids.
 
     The UNet and both text encoders train (the encoders at ``cfg.text_encoder_lr``); every step encodes
     the twelve distinct captions once and indexes them. A dropped caption uses zero text and pooled
@@ -304,16 +301,13 @@ def train_unet(
     group = group or _Group()
     share = group.share(cfg.unet_batch)
     unet = pipe.unet
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-    )
+    ddpm = noise_scheduler()
     distinct = sorted(set(captions))
     caption_index = torch.tensor([distinct.index(caption) for caption in captions])
     size = cfg.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
     scaling = pipe.vae.config.scaling_factor
-    alphas_cumprod = noise_scheduler.alphas_cumprod
+    alphas_cumprod = ddpm.alphas_cumprod
 
     trained = torch.nn.ModuleList([unet, pipe.text_encoder, pipe.text_encoder_2])
     trained.requires_grad_(True)
@@ -324,8 +318,8 @@ def train_unet(
         [{"params": unet.parameters(), "lr": cfg.unet_lr}, {"params": text_parameters, "lr": cfg.text_encoder_lr}],
         weight_decay=0.01,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor("cosine", step, cfg.warmup_steps, cfg.unet_steps, min_lr_rate=MIN_LR_RATE)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     progress = tqdm(range(cfg.unet_steps), desc="UNet", unit="step", mininterval=10, disable=not group.main)
@@ -336,9 +330,9 @@ def train_unet(
         noise_in_posterior = torch.randn(latent_mean[index].shape, generator=generator)[share]
         index = index[share]
         latents = (latent_mean[index] + latent_std[index] * noise_in_posterior) * scaling
-        noise = torch.randn((cfg.unet_batch, *latents.shape[1:]), generator=generator)[share]
-        timesteps = torch.randint(1000, (cfg.unet_batch,), generator=generator)[share]
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        noise = sample_noise((cfg.unet_batch, *latents.shape[1:]), generator)[share]
+        timesteps = sample_timesteps("uniform", cfg.unet_batch, generator)[share]
+        noisy = ddpm.add_noise(latents, noise, timesteps)
         keep = (torch.rand(cfg.unet_batch, generator=generator) >= cfg.caption_dropout).float()[share]
         text, pooled = caption_embeddings(pipe, distinct)
         text, pooled = text[caption_index[index]], pooled[caption_index[index]]
@@ -348,17 +342,14 @@ def train_unet(
             encoder_hidden_states=text * keep[:, None, None],
             added_cond_kwargs={"text_embeds": pooled * keep[:, None], "time_ids": time_ids.expand(len(index), 6)},
         ).sample
-        if cfg.loss_weighting == "uniform":
-            loss = F.mse_loss(prediction, noise)
-        else:
-            weight = timestep_weights(alphas_cumprod[timesteps], cfg.loss_weighting, cfg.min_snr_gamma)
-            loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        loss = noise_loss(prediction, noise, timestep_weights(alphas_cumprod[timesteps], cfg.loss_weighting,
+                                                              cfg.min_snr_gamma))
         optimizer.zero_grad(set_to_none=True)
         (loss / group.world).backward()
         group.sum_gradients(trained.parameters())
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for averaged, current in zip(ema.parameters(), trained.parameters()):
@@ -373,8 +364,8 @@ def train_unet(
 
 @torch.no_grad()
 def quality_gate(
-    pipe: StableDiffusionXLPipeline, seeds: int = 16, steps: int = 20, guidance_scale: float = 5.0, size: int = 128,
-    group: _Group | None = None,
+    pipe: StableDiffusionXLPipeline, seeds: int = 16, num_inference_steps: int = 20, guidance_scale: float = 5.0,
+    size: int = 128, group: _Group | None = None,
 ) -> dict[str, float]:
     """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour
     with a plausible size (:func:`lllite.metrics.has_colour_blob`). Several processes share the captions."""
@@ -387,7 +378,7 @@ def quality_gate(
             [caption] * seeds,
             height=size,
             width=size,
-            num_inference_steps=steps,
+            num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)],
             output_type="np",
@@ -427,9 +418,8 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
 def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 48) -> dict[str, float]:
     """Encode and decode held-out shapes: a colour the VAE loses here, no UNet can draw."""
     samples = eval_samples(count, seed=1, size=size)
-    pixels = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in samples])
-    decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
-    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    pixels = from_uint8(np.stack([s.image for s in samples]))
+    images = to_uint8(pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample)
     scores: dict[str, list[float]] = {}
     for sample, image in zip(samples, images):
         scores.setdefault(sample.colour, []).append(shape_iou(image, sample.mask, sample.colour))
@@ -439,58 +429,26 @@ def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Train the toy pipeline, save it to ``cfg.out_dir`` and return the quality gate's rates.
 
-    With ``cfg.processes > 1`` this process trains as the first of them and forks the others (one
-    core each); only this one prints and writes.
+    With ``cfg.processes > 1`` the work runs in that many forked processes (one core each, started by
+    :func:`lllite.launch.launch`) while this one waits; the first of them prints and writes.
     """
     _check_loss_weighting(cfg.loss_weighting)
     if cfg.processes < 1:
-        raise ValueError(f"processes must be at least 1, got {cfg.processes}")
+        raise PretrainError(f"processes must be at least 1, got {cfg.processes}")
     for name in ("vae_batch", "unet_batch"):
         if getattr(cfg, name) % cfg.processes:
-            raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
-                             "every process trains on an equal share of each batch")
-    torch.set_num_threads(cfg.threads)  # before forking: the children keep it
+            raise PretrainError(f"{name} ({getattr(cfg, name)}) must be a multiple of processes ({cfg.processes}): "
+                                "every process trains on an equal share of each batch")
     if cfg.processes == 1:
+        torch.set_num_threads(cfg.threads)
         return _pretrain(cfg, _Group())
-    if dist.is_initialized():
-        raise RuntimeError("pretrain(processes > 1) starts its own process group; call it with processes=1 here")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # fork: the children inherit the imported libraries instead of importing them again.
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_worker, args=(rank, cfg, port), daemon=True, name=f"pretrain-{rank}")
-               for rank in range(1, cfg.processes)]
-    for worker in workers:
-        worker.start()
-    try:
-        _join(0, cfg.processes, port)
-        rates = _pretrain(cfg, _Group(0, cfg.processes))
-        for worker in workers:
-            worker.join()
-        failed = [worker.name for worker in workers if worker.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"pretraining process {failed[0]} failed; see its error above")
-        return rates
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return launch(_pretrain_in_group, cfg, processes=cfg.processes, threads=cfg.threads, name="pretraining process")
 
 
-def _join(rank: int, world: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=10))
-
-
-def _worker(rank: int, cfg: PretrainConfig, port: int) -> None:
-    _join(rank, cfg.processes, port)
-    try:
-        _pretrain(cfg, _Group(rank, cfg.processes))
-    finally:
-        dist.destroy_process_group()
+def _pretrain_in_group(cfg: PretrainConfig) -> dict[str, float]:
+    """One of the launched processes: join the others (rank and address from the environment), then train."""
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
+    return _pretrain(cfg, _Group(dist.get_rank(), dist.get_world_size()))
 
 
 def _pretrain(cfg: PretrainConfig, group: _Group) -> dict[str, float]:
@@ -543,12 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overwrite = args.__dict__.pop("overwrite")
     cfg = PretrainConfig(**vars(args))
-    if (cfg.out_dir / "model_index.json").exists() and not overwrite:
-        print(f"error: {cfg.out_dir} already holds a pipeline; pass --overwrite to replace it", file=sys.stderr)
-        return 1
     try:
+        if (cfg.out_dir / "model_index.json").exists() and not overwrite:
+            raise OutputExistsError(f"{cfg.out_dir} already holds a pipeline; pass --overwrite to replace it")
         rates = pretrain(cfg)
-    except ValueError as error:
+    except LLLiteError as error:  # exit status 1: 2 says that the pipeline was written but failed its gate
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0 if min(rates.values()) >= 0.8 else 2

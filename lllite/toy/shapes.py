@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lllite.conditioning import canny
+from lllite.errors import OutputExistsError
 from lllite.files import write_bytes_atomic
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -172,7 +173,7 @@ def write_dataset(
     out = Path(out_dir)
     folders = {name: out / name for name in ("images", "conditioning", "masks")}
     if not overwrite and any(folder.is_dir() and any(folder.iterdir()) for folder in folders.values()):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a dataset; choose another folder or pass overwrite=True to replace its files"
         )
     for folder in folders.values():
