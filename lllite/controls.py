@@ -29,10 +29,14 @@ Keyframes = tuple[tuple[float, float], ...]
 Multiplier = Union[float, Sequence[Sequence[float]]]
 
 
+def _is_sequence(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
 def is_keyframes(value) -> bool:
-    """Whether ``value`` reads as keyframes (a sequence of pairs) rather than one number."""
-    return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
-            and all(isinstance(item, Sequence) and not isinstance(item, str) for item in value))
+    """Whether ``value`` reads as keyframes: a non-empty sequence of sequences of numbers (pairs, when right)."""
+    return (_is_sequence(value) and len(value) > 0
+            and all(_is_sequence(item) and all(isinstance(v, (Real, torch.Tensor)) for v in item) for item in value))
 
 
 def keyframes(value: Multiplier, what: str = "multiplier") -> Keyframes:
@@ -51,7 +55,7 @@ def keyframes(value: Multiplier, what: str = "multiplier") -> Keyframes:
         if not math.isfinite(number):
             raise LLLiteError(f"{what} must be a finite number, got {number}")
         return ((0.0, number),)
-    if not is_keyframes(value):
+    if not (is_keyframes(value) or _is_sequence(value) and value and all(map(_is_sequence, value))):
         raise LLLiteError(f"{what}: give a number, or keyframes as (start, strength) pairs such as "
                           f"[(0.0, 1.0), (0.5, 0.3)]; got {value!r}")
     if len(value) > KEYFRAME_SLOTS:
@@ -87,8 +91,9 @@ def keyframe_table(frames: Keyframes, dtype: torch.dtype = torch.float64, device
 def strength_at(table: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
     """The strength at ``progress`` (a fraction of the steps, 0-d tensor): that of the last keyframe
     started, 0 before the first. Read on the device, without a branch on its value."""
-    started = (table[0] <= progress).sum() - 1
-    return torch.where(started >= 0, table[1, started.clamp(min=0)], torch.zeros_like(table[1, 0]))
+    started = table[0] <= progress  # True for a prefix: the starts increase
+    last = started & ~torch.cat([started[1:], started.new_zeros(1)])  # one True, or none before the first start
+    return (table[1] * last).sum()  # the one strength plus zeros: exact, and no index read on the host
 
 
 def token_masks(mask: torch.Tensor, latent_size: tuple[int, int], depth: int) -> torch.Tensor:

@@ -45,7 +45,8 @@ class Dispatch:
             change = network._change(name, x)
             if change is not None:
                 delta, scale = change
-                out = torch.addcmul(out, delta if delta.dtype == out.dtype else delta.to(out.dtype), scale)
+                out = torch.addcmul(out, delta if delta.dtype == out.dtype else delta.to(out.dtype),
+                                    scale if scale.dtype == out.dtype else scale.to(out.dtype))
         return None if out is x else (out, *args[1:])
 
 

@@ -5,11 +5,13 @@ so the UNet's ``state_dict`` is untouched and :meth:`LLLiteNetwork.remove` resto
 
 Built for ``torch.compile(unet, fullgraph=True)`` and CUDA graphs: everything that changes between
 generations lives in tensors the UNet's graph reads, never in Python values it would specialize on.
-The multiplier and the step range sit in a small tensor on the UNet's device, updated in place; the
-step's scale (multiplier x step gate) is computed there from the timestep, without reading it on the
-host; the embedding terms and stacked weights of each group of modules (:mod:`lllite.group`) are
-computed outside the graph when the control image, the latent size or the weights change, and
-written in place when their shape is unchanged. Only "no control image" is a Python branch.
+The multiplier (a number or keyframes, :mod:`lllite.controls`) and the step range sit in small
+tensors of fixed shape on the UNet's device, updated in place; the step's scale (strength at this
+step x step gate x mask) is computed there from the timestep, without reading it on the host; the
+embedding terms and stacked weights of each group of modules (:mod:`lllite.group`) and the mask at
+each block's token grid are computed outside the graph when the control image, the mask, the latent
+size or the weights change, and written in place when their shape is unchanged. Only "no control
+image" is a Python branch.
 """
 from __future__ import annotations
 
@@ -23,17 +25,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fileformat
-from .errors import CompiledWithoutNetworkError
+from .controls import Keyframes, Multiplier, keyframe_table, keyframes, strength_at, token_masks
+from .errors import CompiledWithoutNetworkError, LLLiteError
 from .group import GroupWeights, ModuleGroup, group_modules
 from .hooks import Attachment, unet_and_pipeline
-from .images import to_control_tensor
+from .images import to_control_tensor, to_mask_tensor
 from .module import LLLiteModule, conditioning_stride
 from .names import Target, find_targets, is_up_path
 
 _MAX_STRIDE = conditioning_stride(3)
 #: Room for the scheduler's timesteps on the device; padding with +inf keeps the step count out of the graph's shapes.
 _TIMESTEP_SLOTS = 1000
-_MULTIPLIER, _START, _END, _STEPS = range(4)  # the slots of LLLiteNetwork._controls
+_START, _END, _STEPS = range(3)  # the slots of LLLiteNetwork._controls
 _VERSION = attrgetter("_version")
 
 
@@ -76,9 +79,14 @@ class LLLiteNetwork(nn.Module):
         for name, module in modules.items():
             self.add_module(name, module)
         self.metadata: dict[str, str] = dict(metadata or {})
-        self._multiplier, self._start, self._end = 1.0, 0.0, 1.0
-        # multiplier, start, end, step count: on the UNet's device, read by its graph, written in place
-        self._controls = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+        self._keyframes: Keyframes = ((0.0, 1.0),)
+        self._start, self._end = 0.0, 1.0
+        # start, end, step count; the keyframes' starts and strengths: on the UNet's device, read by its
+        # graph, written in place
+        self._controls = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+        self._keyframe_table = keyframe_table(self._keyframes)
+        self._mask: torch.Tensor | None = None
+        self._mask_version = 0
         self._timesteps: torch.Tensor | None = None  # the scheduler's timesteps, padded with +inf
         self._timesteps_source: torch.Tensor | None = None
         self._image: torch.Tensor | None = None
@@ -88,8 +96,9 @@ class LLLiteNetwork(nn.Module):
         self._cached_for: tuple | None = None  # what the groups' cached tensors were computed for
         self._groups: list[ModuleGroup] = []
         self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
-        self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale
-        self._scale: torch.Tensor | None = None
+        self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale per depth
+        self._scales: dict[int, torch.Tensor] = {}
+        self._token_masks: dict[int, torch.Tensor] = {}  # the mask at each depth's token grid, per UNet batch row
         self._acted = False  # whether this UNet call reached the network (see _after_unet)
         self._attachment: Attachment | None = None
         self._weights: list[nn.Parameter] | None = None  # self.parameters(), listed once: read every UNet call
@@ -157,21 +166,59 @@ class LLLiteNetwork(nn.Module):
         return self._image
 
     @property
-    def multiplier(self) -> float:
-        """Strength of the control (see :meth:`set_multiplier`)."""
-        return self._multiplier
+    def multiplier(self) -> Multiplier:
+        """The strength as set: a number, or keyframes (see :meth:`set_multiplier`)."""
+        frames = self._keyframes
+        return frames[0][1] if len(frames) == 1 and frames[0][0] == 0 else frames
 
     @multiplier.setter
-    def multiplier(self, multiplier: float) -> None:
+    def multiplier(self, multiplier: Multiplier) -> None:
         self.set_multiplier(multiplier)
 
-    def set_multiplier(self, multiplier: float) -> None:
-        """Strength of the control: 0 switches it off, 1 is the trained strength."""
-        multiplier = float(multiplier)
-        if not math.isfinite(multiplier):
-            raise ValueError(f"multiplier must be a finite number, got {multiplier}")
-        self._multiplier = multiplier
-        self._controls[_MULTIPLIER].fill_(multiplier)  # in place, on the device: nothing recompiles
+    @property
+    def keyframes(self) -> Keyframes:
+        """The strength as ``(start, strength)`` keyframes; a plain multiplier ``m`` is ``((0.0, m),)``."""
+        return self._keyframes
+
+    def set_multiplier(self, multiplier: Multiplier) -> None:
+        """Strength of the control: a number, or keyframes that vary it over the denoising steps.
+
+        Args:
+            multiplier: 0 switches the control off, 1 is the trained strength. Or keyframes: a sequence
+                of ``(start, strength)`` pairs, ``start`` a fraction of the denoising steps counted as
+                :meth:`set_step_range` counts them, in increasing order. At step ``i`` of ``n`` the
+                strength is that of the last keyframe whose start is ``<= i / n``, and 0 before the first:
+                ``[(0.0, 1.0), (0.5, 0.0)]`` is strength 1 for the first half of the steps, as
+                ``set_multiplier(1.0)`` with ``set_step_range(0.0, 0.5)`` when the half falls on a step.
+
+        Raises:
+            LLLiteError: not a finite number or not such keyframes; the message names the keyframe.
+        """
+        frames = keyframes(multiplier)
+        self._keyframes = frames
+        self._keyframe_table.copy_(keyframe_table(frames))  # in place, on the device: nothing recompiles
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """Where the control acts, as set: (B, 1, H, W) in [0, 1], or None for everywhere."""
+        return self._mask
+
+    def set_mask(self, mask) -> None:
+        """Confine the control to a region of the image.
+
+        Args:
+            mask: None (everywhere), or a mask: a PIL image (mode "L"), a uint8 (0..255) or float (0..1)
+                array (H, W), a tensor (H, W) or (B, 1, H, W) with values in [0, 1], one per generated
+                image or one for all. It is resized to each block's token grid (each token gets the mean
+                of the mask over its pixels), and every module's change to its Linear's input is
+                multiplied by it token by token: an all-ones mask changes nothing, an all-zeros mask
+                switches the network off, and tokens under 0 give their Linear its unchanged input.
+
+        Raises:
+            LLLiteError: a mask of another shape, or with values outside [0, 1].
+        """
+        self._mask = None if mask is None else to_mask_tensor(mask)
+        self._mask_version += 1
 
     def set_step_range(self, control_guidance_start: float = 0.0, control_guidance_end: float = 1.0) -> None:
         """Apply the control only between these fractions of the denoising steps.
@@ -256,7 +303,7 @@ class LLLiteNetwork(nn.Module):
         self._groups, self._group_of = [], {}
         self._latent_size = self._prepared = self._cached_for = None
         self._timesteps = self._timesteps_source = None
-        self._gate = self._scale = None
+        self._gate, self._scales, self._token_masks = None, {}, {}
 
     # ------------------------------------------------------------------ before each UNet call, on the host
     def _apply(self, fn, recurse: bool = True):
@@ -279,7 +326,7 @@ class LLLiteNetwork(nn.Module):
         self._attachment.rehome()
         for group in self._groups:
             group.pending = None
-        self._gate = self._scale = None  # the last call's: a CUDA graph's outputs, about to be overwritten
+        self._gate, self._scales = None, {}  # the last call's: a CUDA graph's outputs, about to be overwritten
         self._acted = False
         if sample is None:
             return
@@ -287,7 +334,7 @@ class LLLiteNetwork(nn.Module):
         self._follow(sample.device)
         if self._image is not None:
             self._count_steps(self._attachment.scheduler)
-            self._refresh(sample.shape[0])
+            self._refresh(sample.shape[0], sample.dtype)
 
     def _after_unet(self, unet: nn.Module, args: tuple, output) -> None:
         if self._image is not None and not self._acted:
@@ -303,6 +350,7 @@ class LLLiteNetwork(nn.Module):
             self.to(device)
         if self._controls.device != device:
             self._controls = self._controls.to(device=device, dtype=_control_dtype(device))
+            self._keyframe_table = self._keyframe_table.to(device=device, dtype=_control_dtype(device))
             self._timesteps = self._timesteps_source = None
 
     def _count_steps(self, scheduler) -> None:
@@ -322,7 +370,7 @@ class LLLiteNetwork(nn.Module):
         controls[_STEPS].fill_(count)
         self._timesteps_source = timesteps
 
-    def _refresh(self, batch: int) -> None:
+    def _refresh(self, batch: int, dtype: torch.dtype) -> None:
         """Compute what stays fixed while the control image, the latent size and the weights do.
 
         Training (with gradients) keeps only the prepared image: the embeddings train, so they are
@@ -338,9 +386,11 @@ class LLLiteNetwork(nn.Module):
         parameter = next(self.parameters())
         trains = self.training and torch.is_grad_enabled()
         versions = None if trains else self._weights_version()
-        key = (self._image_version, self._latent_size, batch, parameter.device, parameter.dtype, trains, versions)
+        key = (self._image_version, self._mask_version, self._latent_size, batch, dtype, parameter.device,
+               parameter.dtype, trains, versions)
         if key == self._cached_for:
             return
+        self._refresh_masks(batch, parameter.device, dtype)
         with torch.no_grad():
             image = self._prepared_image(parameter.device, parameter.dtype)
             self._prepared = image if trains else None
@@ -354,6 +404,20 @@ class LLLiteNetwork(nn.Module):
                 kept = _keep(old, (*weights, terms))
                 group.cached = (GroupWeights(*kept[:-1]) if weights else None, kept[-1])
         self._cached_for = key
+
+    def _refresh_masks(self, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+        """The mask at every depth's token grid, one row per UNet batch row (all ones without a mask), in
+        the dtype of the UNet's activations, which the modules' changes are added to."""
+        mask = torch.ones(1, 1, 1, 1) if self._mask is None else self._mask
+        if batch % mask.shape[0]:
+            raise LLLiteError(
+                f"LLLite mask: {mask.shape[0]} masks for a UNet batch of {batch}: give one mask, or one per "
+                "generated image (the batch of 2x for classifier-free guidance is handled)"
+            )
+        for depth in sorted({group.depth for group in self._groups}):
+            tokens = token_masks(mask, self._latent_size, depth).repeat(batch // mask.shape[0], 1, 1).to(device, dtype)
+            old = self._token_masks.get(depth)
+            self._token_masks[depth] = _keep(None if old is None else (old,), (tokens,))[0]
 
     def _prepared_image(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The control image at the generated image's pixel size, padded to a multiple of 32.
@@ -374,23 +438,27 @@ class LLLiteNetwork(nn.Module):
 
     # ------------------------------------------------------------------ inside the UNet call (traced when compiled)
     def _before_time_proj(self, time_proj: nn.Module, args: tuple) -> None:
-        """This step's scale, multiplier x step gate, from the timestep on the device: one tensor every module multiplies its change by."""
+        """This step's scale at each depth, strength x step gate x mask, from the timestep on the device:
+        the tensor every module of that depth multiplies its change by."""
         if self._image is None:
             return
-        self._gate = self._step_gate(args[0])
-        self._scale = (self._controls[_MULTIPLIER] * self._gate).to(torch.float32)
+        progress, gate = self._step_gate(args[0])
+        self._gate = gate
+        scale = strength_at(self._keyframe_table, progress) * gate
+        self._scales = {depth: scale.to(tokens.dtype) * tokens for depth, tokens in self._token_masks.items()}
 
-    def _step_gate(self, timestep: torch.Tensor) -> torch.Tensor:
-        """Whether this step is inside the step range, as a boolean tensor (diffusers' rule, see :meth:`set_step_range`)."""
+    def _step_gate(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fraction of the steps done, and whether this step is inside the step range (diffusers' rule,
+        see :meth:`set_step_range`), as tensors."""
         controls = self._controls
         t = timestep.reshape(-1)[0].to(controls.dtype)
         start, end = controls[_START], controls[_END]
         if self._timesteps is None:  # a bare UNet: the fraction of denoising done, read from the timestep
             progress = (1 - t / 1000).clamp(0, 1)
-            return (progress >= start) & (progress <= end)
+            return progress, (progress >= start) & (progress <= end)
         i = (self._timesteps - t).abs().argmin().to(controls.dtype)
         count = controls[_STEPS]
-        return (i / count >= start) & ((i + 1) / count <= end)
+        return i / count, (i / count >= start) & ((i + 1) / count <= end)
 
     @property
     def _step_active(self) -> bool:
@@ -402,7 +470,7 @@ class LLLiteNetwork(nn.Module):
         if self._image is None:
             return None
         self._acted = True
-        if not torch.compiler.is_compiling() and self._multiplier == 0:
+        if not torch.compiler.is_compiling() and not any(strength for _, strength in self._keyframes):
             return None  # eager skips the work; a compiled graph multiplies by the zero scale instead
         group, index = self._group_of[name]
         pending = group.pending
@@ -411,7 +479,7 @@ class LLLiteNetwork(nn.Module):
         else:
             changes = self._group_changes(group, x)
         group.pending = (x, changes) if index + 1 < len(group) else None
-        return changes[index], self._scale
+        return changes[index], self._scales[group.depth]
 
     def _group_changes(self, group: ModuleGroup, x: torch.Tensor) -> torch.Tensor:
         dtype = group.modules[0].down[0].weight.dtype

@@ -28,7 +28,8 @@ from .conditioning import canny
 from .data import CONDITIONING_BACKGROUND, IMAGE_BACKGROUND, PairingReport, load_rgb
 from .errors import InputMissingError, LLLiteError
 from .figures import figure_image
-from .sampling import image_grid, side_by_side
+from .images import region_mask
+from .sampling import comparison_grid, describe_multiplier, image_grid, side_by_side
 from .sdxl import SDXL_BASE
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -389,6 +390,48 @@ def control_view(pipe, network, control, prompt: str, multiplier: float, control
     start, end = control_guidance
     return side_by_side(pipe, network, control, prompt, seed=seed, multiplier=multiplier, control_guidance_start=start,
                         control_guidance_end=end, num_inference_steps=num_inference_steps)
+
+
+#: The regions a schedule view can confine the control to.
+REGIONS = ("everywhere", "rectangle", "ellipse", "your mask")
+
+
+def schedule_view(pipe, network, control, prompt: str, early: float, switch: float, late: float, region: str,
+                  x: tuple[float, float], y: tuple[float, float], invert: bool, seed: int, mask_image=None,
+                  num_inference_steps: int = 20) -> Image.Image:
+    """Two keyframes and a region, as sliders give them: the control, the mask, the image without the
+    network and the image with it (:func:`lllite.sampling.comparison_grid`).
+
+    Args:
+        early: the strength from the first step on; late: the strength from ``switch`` (a fraction of the steps) on.
+        region: one of :data:`REGIONS`: where the control acts.
+        x, y: the region's (left, right) and (top, bottom) as fractions of the width and height.
+        invert: the control acts outside the region instead.
+        seed: the seed of both images.
+        mask_image: the picture used for ``"your mask"`` (a path, a PIL image or an array; white = act).
+    """
+    if region not in REGIONS:
+        raise LLLiteError(f"region = {region!r}: choose one of {', '.join(REGIONS)}")
+    frames = [(0.0, late)] if switch == 0 else [(0.0, early), (switch, late)]
+    height, width = np.asarray(control).shape[:2] if not isinstance(control, torch.Tensor) else control.shape[-2:]
+    if region == "your mask":
+        if mask_image is None:
+            raise LLLiteError("region 'your mask': set MASK to the path of a picture first (white where the control acts)")
+        mask = Image.open(mask_image) if isinstance(mask_image, (str, os.PathLike)) else mask_image
+        mask = (mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask))).convert("L")
+        mask = mask.resize((width, height))
+        if invert:
+            mask = Image.eval(mask, lambda v: 255 - v)
+    elif region == "everywhere":
+        mask = None
+    else:
+        mask = region_mask(width, height, region, (x[0], y[0], x[1], y[1]), invert=invert)
+    shown = Image.new("L", (width, height), 255) if mask is None else mask
+    label = describe_multiplier(frames)
+    columns = {"without": dict(multiplier=0.0), f"with {label}" + ("" if mask is None else ", masked"):
+               dict(multiplier=frames, mask=mask)}
+    return comparison_grid(pipe, network, control, prompt, columns=columns, pictures={"where": shown}, seeds=seed,
+                           num_inference_steps=num_inference_steps, title=prompt, progress=False)
 
 
 def unused_path(path: str | os.PathLike) -> Path:

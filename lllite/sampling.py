@@ -24,7 +24,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -33,13 +33,21 @@ from tqdm.auto import tqdm
 
 from .errors import LLLiteError
 from .files import write_atomic
-from .images import to_control_tensor, to_pil
+from .controls import Keyframes, Multiplier, is_keyframes, keyframes
+from .images import to_control_tensor, to_mask_tensor, to_pil
 from .network import LLLiteNetwork
 
 #: Multipliers of the guidance-strength comparison.
 MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Step ranges of :func:`step_range_grid`: (control_guidance_start, control_guidance_end) pairs.
 STEP_RANGES = ((0.0, 1.0), (0.0, 0.5), (0.0, 0.25), (0.25, 1.0), (0.5, 1.0))
+#: Schedules of :func:`schedule_grid`: label -> keyframes ``(start, strength)`` over the denoising steps.
+SCHEDULES = {
+    "constant": 1.0,
+    "strong early": ((0.0, 1.0), (0.5, 0.3)),
+    "strong late": ((0.0, 0.3), (0.5, 1.0)),
+    "first half only": ((0.0, 1.0), (0.5, 0.0)),
+}
 
 
 def _as_list(value, name: str) -> list:
@@ -58,28 +66,59 @@ def _networks(networks) -> list[LLLiteNetwork]:
 
 
 @contextmanager
-def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, multipliers: list[float],
+def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, multipliers: list, masks: list,
                 control_guidance_start: float, control_guidance_end: float):
     """Attach (if needed) and set up each network for one generation; restore everything after."""
-    saved = [(n.cond_image, n.multiplier, n.control_guidance_start, n.control_guidance_end, n.is_attached, n.training)
-             for n in networks]
+    saved = [(n.cond_image, n.multiplier, n.mask, n.control_guidance_start, n.control_guidance_end, n.is_attached,
+              n.training) for n in networks]
     try:
-        for network, control, multiplier in zip(networks, controls, multipliers):
+        for network, control, multiplier, mask in zip(networks, controls, multipliers, masks):
             if not network.is_attached:
                 network.apply_to(pipe)
             network.eval()
             network.set_cond_image(control)
             network.set_multiplier(multiplier)
+            network.set_mask(mask)
             network.set_step_range(control_guidance_start, control_guidance_end)
         yield
     finally:
-        for network, (image, multiplier, old_start, old_end, attached, training) in zip(networks, saved):
+        for network, (image, multiplier, mask, old_start, old_end, attached, training) in zip(networks, saved):
             network.set_cond_image(image)
             network.set_multiplier(multiplier)
+            network.set_mask(mask)
             network.set_step_range(old_start, old_end)
             network.train(training)
             if not attached:
                 network.remove()
+
+
+def _one_multiplier(value) -> bool:
+    """A number or keyframes (for every network), as opposed to a list with one per network."""
+    return not isinstance(value, (list, tuple)) or is_keyframes(value)
+
+
+def _per_network(value, count: int, name: str, is_one) -> list:
+    """``value`` for every network, or one entry per network when it is a list of them."""
+    if is_one(value):
+        return [value] * count
+    values = _as_list(value, name)
+    if len(values) != count:
+        raise LLLiteError(f"{name}: give one for every network, or a list with one per network "
+                          f"({count}), got {len(values)}")
+    return values
+
+
+def _multiplier_record(multiplier: float | Keyframes):
+    """How a picture's metadata records a multiplier: the number, or its keyframes as [start, strength] lists."""
+    frames = keyframes(multiplier)
+    return frames[0][1] if frames[0][0] == 0 and len(frames) == 1 else [list(frame) for frame in frames]
+
+
+def _mask_record(mask: torch.Tensor | None):
+    """How a picture's metadata records a mask: its size and the share of the image it lets the control act on."""
+    if mask is None:
+        return None
+    return {"height": mask.shape[-2], "width": mask.shape[-1], "coverage": round(float(mask.mean()), 4)}
 
 
 def _pixel_size(control: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
@@ -101,7 +140,8 @@ def generate(
     seed: int | Sequence[int] = 0,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
-    multiplier: float | Sequence[float] = 1.0,
+    multiplier: Multiplier | Sequence[Multiplier] = 1.0,
+    mask=None,
     control_guidance_start: float = 0.0,
     control_guidance_end: float = 1.0,
     height: int | None = None,
@@ -110,7 +150,8 @@ def generate(
     """Generate images with one or more LLLite networks applied to an SDXL pipeline.
 
     The networks are attached for the call when they are not attached yet, and left as they were
-    (control image, multiplier, step range, attachment) afterwards.
+    (control image, multiplier, mask, step range, attachment) afterwards. Several networks add up,
+    each with its own control, multiplier and mask (canny on the left, depth on the right).
 
     Args:
         pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature).
@@ -123,7 +164,11 @@ def generate(
         seed: one seed, or one per image; prompts and seeds broadcast to the longer list.
         num_inference_steps: denoising steps.
         guidance_scale: classifier-free guidance scale (1 switches guidance off).
-        multiplier: the strength of every network, or one per network; 0 switches a network off.
+        multiplier: the strength of every network, or a list with one per network: a number (0
+            switches a network off) or keyframes, ``(start, strength)`` pairs over the denoising steps
+            (see :meth:`LLLiteNetwork.set_multiplier`).
+        mask: where the networks act: None (everywhere), one mask for every network, or a list with
+            one per network (None for everywhere); see :meth:`LLLiteNetwork.set_mask`.
         control_guidance_start, control_guidance_end: fractions of the denoising steps where the
             networks act (0 <= start < end <= 1), as in diffusers' ControlNet pipelines.
         height, width: pixel size; by default the first control image's size.
@@ -133,14 +178,13 @@ def generate(
     """
     networks = _networks(networks)
     controls = [control] if len(networks) == 1 else _as_list(control, "control")
-    multipliers = [float(m) for m in _as_list(multiplier, "multiplier")]
-    if len(multipliers) == 1:
-        multipliers *= len(networks)
-    if len(controls) != len(networks) or len(multipliers) != len(networks):
-        raise LLLiteError(
-            f"{len(networks)} networks need one control image and one strength each; got "
-            f"{len(controls)} control image(s) and {len(multipliers)} multiplier(s)"
-        )
+    if len(controls) != len(networks):
+        raise LLLiteError(f"{len(networks)} networks need one control image and one strength each; got "
+                          f"{len(controls)} control image(s)")
+    multipliers = [keyframes(m, f"multiplier[{i}]" if len(networks) > 1 else "multiplier") for i, m in
+                   enumerate(_per_network(multiplier, len(networks), "multiplier", _one_multiplier))]
+    masks = [None if m is None else to_mask_tensor(m, f"mask[{i}]" if len(networks) > 1 else "mask")
+             for i, m in enumerate(_per_network(mask, len(networks), "mask", lambda m: not isinstance(m, (list, tuple))))]
     controls = [to_control_tensor(c, f"control[{i}]") for i, c in enumerate(controls)]
     prompts = [str(p) for p in _as_list(prompt, "prompt")]
     seeds = [int(s) for s in _as_list(seed, "seed")]
@@ -158,7 +202,7 @@ def generate(
         negatives = negatives * count if len(negatives) == 1 else negatives
     height, width = _pixel_size(controls[0], height, width)
 
-    with _controlled(pipe, networks, controls, multipliers, control_guidance_start, control_guidance_end):
+    with _controlled(pipe, networks, controls, multipliers, masks, control_guidance_start, control_guidance_end):
         images = pipe(
             prompt=prompts,
             negative_prompt=negatives,
@@ -169,6 +213,8 @@ def generate(
             generator=[torch.Generator().manual_seed(s) for s in seeds],
             output_type="pil",
         ).images
+    records = [_multiplier_record(m) for m in multipliers]
+    mask_records = [_mask_record(m) for m in masks]
     names = [n.metadata.get("ss_output_name") or n.metadata.get("lllite.name") or f"network {i}" for i, n in enumerate(networks)]
     for i, image in enumerate(images):
         image.info["parameters"] = json.dumps({
@@ -177,7 +223,8 @@ def generate(
             "seed": seeds[i],
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
-            "multiplier": multipliers if len(multipliers) > 1 else multipliers[0],
+            "multiplier": records[0] if len(records) == 1 else records,
+            "mask": mask_records[0] if len(mask_records) == 1 else mask_records,
             "control_guidance_start": control_guidance_start,
             "control_guidance_end": control_guidance_end,
             "height": height,
@@ -279,105 +326,143 @@ def _row_controls(control, rows: int) -> torch.Tensor:
     return torch.cat(tensors)
 
 
+def describe_multiplier(multiplier: Multiplier) -> str:
+    """A short label for a multiplier or keyframes: ``"0.8"``, ``"1 → 0.3 at 50%"``."""
+    frames = keyframes(multiplier)
+    if len(frames) == 1 and frames[0][0] == 0:
+        return f"{frames[0][1]:g}"
+    parts = [f"{strength:g}" if start == 0 else f"{strength:g} at {start:.0%}" for start, strength in frames]
+    return ("0 → " if frames[0][0] > 0 else "") + " → ".join(parts)
+
+
 @torch.no_grad()
-def strength_grid(
+def comparison_grid(
     pipe,
     network: LLLiteNetwork,
     control,
     prompts: str | Sequence[str],
     *,
+    columns: Mapping[str, Mapping[str, Any]],
     seeds: int | Sequence[int] = (0,),
-    multipliers: Sequence[float] = MULTIPLIERS,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
-    control_guidance_start: float = 0.0,
-    control_guidance_end: float = 1.0,
+    pictures: Mapping[str, Image.Image] | None = None,
+    title: str | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> Image.Image:
-    """The guidance-strength comparison: multipliers in columns, prompts x seeds in rows, the control first.
+    """Settings side by side: one column per setting, prompts x seeds in rows, the control first.
 
     Args:
         pipe, network: an SDXL pipeline and one LLLite network.
         control: one control image for every row, or a list with one per prompt.
         prompts: the rows' prompts; each prompt gets one row per seed.
+        columns: label -> the :func:`generate` settings of that column (``multiplier``, ``mask``,
+            ``control_guidance_start``, ``control_guidance_end``).
         seeds: the seeds of each prompt's rows.
-        multipliers: the columns (the network's strength in each).
+        pictures: label -> a picture shown after the control in every row (e.g. the mask).
+        title: text above the grid.
         batch_size: images generated at once (lower it if a GPU runs out of memory).
         progress: show a progress bar over the images.
-        negative_prompt, num_inference_steps, guidance_scale, control_guidance_start, control_guidance_end:
-            as in :func:`generate`.
+        negative_prompt, num_inference_steps, guidance_scale: as in :func:`generate`.
 
     Returns:
-        The grid, with every cell's parameters as JSON in ``grid.info["parameters"]``.
+        The grid, with every generated cell's parameters as JSON in ``grid.info["parameters"]``
+        (rows of cells) and the columns' labels in ``grid.info["columns"]``.
     """
     prompts = [str(p) for p in _as_list(prompts, "prompts")]
     seeds = [int(s) for s in _as_list(seeds, "seeds")]
-    multipliers = [float(m) for m in _as_list(multipliers, "multipliers")]
+    if not columns:
+        raise LLLiteError("columns: give at least one column of settings")
     per_prompt = _row_controls(control, len(prompts))
     rows = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     cells: list[list[Image.Image]] = [[] for _ in rows]
-    bar = tqdm(total=len(multipliers) * len(rows), desc="strength grid", unit="image", disable=not progress)
-    for multiplier in multipliers:
+    bar = tqdm(total=len(columns) * len(rows), desc="comparison grid", unit="image", disable=not progress)
+    for settings in columns.values():
         for first in range(0, len(rows), batch_size):
             chunk = rows[first:first + batch_size]
             controls = per_prompt[[p if len(per_prompt) > 1 else 0 for p, _, _ in chunk]]
-            images = generate(
-                pipe, network, controls, [prompt for _, prompt, _ in chunk], negative_prompt=negative_prompt,
-                seed=[seed for _, _, seed in chunk], num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, multiplier=multiplier, control_guidance_start=control_guidance_start,
-                control_guidance_end=control_guidance_end,
-            )
+            images = generate(pipe, network, controls, [prompt for _, prompt, _ in chunk],
+                              negative_prompt=negative_prompt, seed=[seed for _, _, seed in chunk],
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **settings)
             for offset, image in enumerate(images):
                 cells[first + offset].append(image)
             bar.update(len(chunk))
     bar.close()
     size = (cells[0][0].height, cells[0][0].width)
-    grid_rows = [[_control_picture(per_prompt, p, size)] + cells[r] for r, (p, _, _) in enumerate(rows)]
-    labels = [f"{prompt} | seed {seed}" for _, prompt, seed in rows]
-    grid = image_grid(grid_rows, ["control"] + [f"strength {m:g}" for m in multipliers], labels)
+    shown = [picture.convert("RGB").resize((size[1], size[0])) for picture in (pictures or {}).values()]
+    grid_rows = [[_control_picture(per_prompt, p, size), *shown] + cells[r] for r, (p, _, _) in enumerate(rows)]
+    labels = [f"{prompt} | seed {seed}" if len(prompts) > 1 or not title else f"seed {seed}" for _, prompt, seed in rows]
+    grid = image_grid(grid_rows, ["control", *(pictures or {}), *columns], labels, title=title)
     grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
+    grid.info["columns"] = json.dumps(list(columns))
     return grid
 
 
-@torch.no_grad()
-def step_range_grid(
-    pipe,
-    network: LLLiteNetwork,
-    control,
-    prompt: str,
-    *,
-    seeds: int | Sequence[int] = (0,),
-    control_guidance_ranges: Sequence[tuple[float, float]] = STEP_RANGES,
-    multiplier: float = 1.0,
-    negative_prompt: str | None = None,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 5.0,
-    progress: bool = True,
-) -> Image.Image:
+def strength_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], *,
+                  multipliers: Sequence[float] = MULTIPLIERS, control_guidance_start: float = 0.0,
+                  control_guidance_end: float = 1.0, **options) -> Image.Image:
+    """The guidance-strength comparison: multipliers in columns, prompts x seeds in rows, the control first.
+
+    Args:
+        multipliers: the columns (the network's strength in each).
+        control_guidance_start, control_guidance_end: as in :func:`generate`, in every column.
+        **options: ``seeds``, ``negative_prompt``, ``num_inference_steps``, ``guidance_scale``,
+            ``batch_size``, ``progress``, as in :func:`comparison_grid`.
+    """
+    columns = {f"strength {float(m):g}": dict(multiplier=float(m), control_guidance_start=control_guidance_start,
+                                              control_guidance_end=control_guidance_end)
+               for m in _as_list(multipliers, "multipliers")}
+    return comparison_grid(pipe, network, control, prompts, columns=columns, **options)
+
+
+def step_range_grid(pipe, network: LLLiteNetwork, control, prompt: str, *,
+                    control_guidance_ranges: Sequence[tuple[float, float]] = STEP_RANGES, multiplier: float = 1.0,
+                    **options) -> Image.Image:
     """Where in the denoising the control acts: step ranges (start-end) in columns, seeds in rows.
 
     Args:
         control_guidance_ranges: (control_guidance_start, control_guidance_end) pairs, one column each.
         multiplier: the network's strength in every cell.
-        Other arguments as in :func:`strength_grid`.
+        **options: as in :func:`strength_grid`.
     """
-    seeds = [int(s) for s in _as_list(seeds, "seeds")]
-    controls = to_control_tensor(control)
-    cells: list[list[Image.Image]] = [[] for _ in seeds]
-    for start, end in tqdm(control_guidance_ranges, desc="step-range grid", unit="column", disable=not progress):
-        images = generate(pipe, network, controls, prompt, negative_prompt=negative_prompt, seed=seeds,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, multiplier=multiplier,
-                          control_guidance_start=start, control_guidance_end=end)
-        for row, image in zip(cells, images):
-            row.append(image)
-    size = (cells[0][0].height, cells[0][0].width)
-    grid_rows = [[_control_picture(controls, 0, size)] + row for row in cells]
-    grid = image_grid(grid_rows, ["control"] + [f"steps {a:g}-{b:g}" for a, b in control_guidance_ranges],
-                      [f"seed {s}" for s in seeds], title=f"{prompt} | strength {multiplier:g}")
-    grid.info["parameters"] = json.dumps([[json.loads(im.info["parameters"]) for im in row] for row in cells])
-    return grid
+    columns = {f"steps {a:g}-{b:g}": dict(multiplier=multiplier, control_guidance_start=a, control_guidance_end=b)
+               for a, b in control_guidance_ranges}
+    return comparison_grid(pipe, network, control, prompt, columns=columns,
+                           title=f"{prompt} | strength {describe_multiplier(multiplier)}", **options)
+
+
+def schedule_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], *,
+                  schedules: Mapping[str, Multiplier] = SCHEDULES, mask=None, **options) -> Image.Image:
+    """Strength schedules over the denoising steps side by side (strong early, strong late, constant...).
+
+    Args:
+        schedules: label -> a multiplier or keyframes (see :meth:`LLLiteNetwork.set_multiplier`), one column each.
+        mask: the mask of every column (see :func:`generate`).
+        **options: as in :func:`strength_grid`.
+    """
+    columns = {f"{label}: {describe_multiplier(schedule)}": dict(multiplier=schedule, mask=mask)
+               for label, schedule in schedules.items()}
+    return comparison_grid(pipe, network, control, prompts, columns=columns, **options)
+
+
+def mask_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], mask, *,
+              multiplier: Multiplier = 1.0, **options) -> Image.Image:
+    """Masked against unmasked: the mask, then the image without the network, with it everywhere, and
+    with it only where the mask lets it act.
+
+    Args:
+        mask: the mask compared (see :meth:`LLLiteNetwork.set_mask`); one for every row.
+        multiplier: the network's strength (or keyframes) in the last two columns.
+        **options: as in :func:`strength_grid`.
+    """
+    tensor = to_mask_tensor(mask)
+    picture = to_pil(tensor[:1].expand(1, 3, -1, -1) * 2 - 1)[0]
+    label = describe_multiplier(multiplier)
+    columns = {"without": dict(multiplier=0.0), f"everywhere ({label})": dict(multiplier=multiplier),
+               f"masked ({label})": dict(multiplier=multiplier, mask=tensor)}
+    return comparison_grid(pipe, network, control, prompts, columns=columns, pictures={"mask": picture}, **options)
 
 
 @torch.no_grad()
@@ -388,7 +473,8 @@ def side_by_side(
     prompt: str,
     *,
     seed: int = 0,
-    multiplier: float = 1.0,
+    multiplier: Multiplier = 1.0,
+    mask=None,
     negative_prompt: str | None = None,
     num_inference_steps: int = 20,
     guidance_scale: float = 5.0,
@@ -403,11 +489,13 @@ def side_by_side(
     settings = dict(negative_prompt=negative_prompt, seed=seed, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale)
     without, = generate(pipe, network, controls, prompt, multiplier=0.0, **settings)
-    with_, = generate(pipe, network, controls, prompt, multiplier=multiplier, control_guidance_start=control_guidance_start,
-                      control_guidance_end=control_guidance_end, **settings)
+    with_, = generate(pipe, network, controls, prompt, multiplier=multiplier, mask=mask,
+                      control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end, **settings)
     size = (with_.height, with_.width)
+    where = "" if mask is None else ", masked"
     grid = image_grid([[_control_picture(controls, 0, size), without, with_]],
-                      ["control", "without", f"with (strength {multiplier:g})"], title=f"{prompt} | seed {seed}")
+                      ["control", "without", f"with (strength {describe_multiplier(multiplier)}{where})"],
+                      title=f"{prompt} | seed {seed}")
     grid.info["parameters"] = json.dumps([json.loads(without.info["parameters"]), json.loads(with_.info["parameters"])])
     return grid
 
