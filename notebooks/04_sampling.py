@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · Sampling: strength, step range, seed
+# # 04 · Sampling: strength, step range, seed, schedules and masks
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lllite/lllite/blob/main/notebooks/04_sampling.ipynb)
 #
@@ -21,8 +21,9 @@
 # `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline, and see what its
 # settings do: the **strength** (`multiplier`, kohya's name: how much of each module's change is
 # applied), the **step range** (the fractions of the denoising steps where it acts:
-# `control_guidance_start` and `control_guidance_end`, diffusers' names) and the **seed**. Then
-# compare strengths side by side, and measure how closely the images follow the control.
+# `control_guidance_start` and `control_guidance_end`, diffusers' names) and the **seed**; then vary
+# the strength over the steps (**keyframes**) and over the image (**masks**). Compare strengths and
+# schedules side by side, and measure how closely the images follow the control.
 
 # %%
 # Setup: in Colab, install the project; everywhere, find the GPU and choose the model.
@@ -144,6 +145,48 @@ from lllite.sampling import step_range_grid
 show(step_range_grid(pipe, network, control, prompt, seeds=[0] if env.quick else [0, 1], num_inference_steps=steps))
 
 # %% [markdown]
+# ## Strength over the steps and over the image, live
+#
+# Keyframes vary the strength over the denoising steps: `early` from the first step, `late` from
+# `switch at` (a fraction of the steps) on, as `network.set_multiplier([(0.0, early), (switch, late)])`.
+# A mask confines the control to a region, as `network.set_mask(mask)`: a rectangle or an ellipse set
+# by `x` and `y`, or a picture of your own (`MASK`: white where the control acts, black where not).
+# The second picture shows where the control acts.
+
+# %%
+from ipywidgets import Checkbox, Dropdown
+
+from lllite.notebook import REGIONS, schedule_view
+
+MASK = None  # a path to a mask picture of your own, for the region "your mask"
+
+LiveView(partial(schedule_view, pipe, network, control, prompt, mask_image=MASK, num_inference_steps=steps),
+         early=FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="early", continuous_update=False),
+         switch=FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="switch at", continuous_update=False),
+         late=FloatSlider(value=0.2, min=0.0, max=1.5, step=0.05, description="late", continuous_update=False),
+         region=Dropdown(options=REGIONS, value="rectangle", description="region"),
+         x=FloatRangeSlider(value=(0.0, 0.5), min=0.0, max=1.0, step=0.05, description="x", continuous_update=False),
+         y=FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="y", continuous_update=False),
+         invert=Checkbox(value=False, description="invert"),
+         seed=IntSlider(value=0, min=0, max=99, description="seed", continuous_update=False))
+
+# %% [markdown]
+# ## Schedules and masks compared
+#
+# The same prompt and seeds under strength schedules (constant, strong early, strong late, the first
+# half only), then masked against unmasked: the control everywhere against the control on the left
+# half only. Each cell's schedule and mask are stored in the picture's metadata.
+
+# %%
+from lllite.images import region_mask
+from lllite.sampling import mask_grid, schedule_grid
+
+seeds = [0] if env.quick else [0, 1]
+show(schedule_grid(pipe, network, control, prompt, seeds=seeds, num_inference_steps=steps, batch_size=batch))
+left = region_mask(env.image_size, env.image_size, "rectangle", (0.0, 0.0, 0.5, 1.0))
+show(mask_grid(pipe, network, control, prompt, left, seeds=seeds, num_inference_steps=steps, batch_size=batch))
+
+# %% [markdown]
 # ## Control fidelity against strength
 #
 # Held-out shapes generated at each strength (their canny edges as control, their caption as prompt)
@@ -165,6 +208,8 @@ markdown_table([(m, f"{a:.3f}", f"{b:.3f}") for m, a, b in zip(fidelity.multipli
 # %% [markdown]
 # ## More than one network
 #
-# Several LLLite files can act at once, each with its own control image and strength:
-# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, multiplier=[0.8, 0.5])`.
+# Several LLLite files can act at once, each with its own control image, strength (or keyframes) and
+# mask, and their changes add up: canny on the left, depth on the right is
+# `generate(pipe, [canny_net, depth_net], [canny_image, depth_image], prompt, multiplier=[0.8, 0.5],
+# mask=[left, right])`.
 # LoRAs loaded with `pipe.load_lora_weights` work alongside.

@@ -1,6 +1,7 @@
 """The notebooks' helpers and widget callbacks, called as plain functions."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -18,8 +19,8 @@ from PIL import Image
 from lllite.conditioning import canny
 from lllite.data import SubsetConfig, pair_subset
 from lllite.notebook import (
-    Environment, LiveView, TrainingMonitor, canny_view, control_view, detect_environment, find_weights, markdown_table,
-    pair_view, quick_mode, unused_path, validation_grids,
+    Environment, LiveView, TrainingMonitor, canny_view, control_view, detect_environment, find_weights,
+    markdown_table, pair_view, quick_mode, schedule_view, unused_path, validation_grids,
 )
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import render_sample, write_dataset
@@ -202,6 +203,26 @@ def test_the_control_view_shows_control_without_and_with_and_refuses_an_empty_st
     assert (parameters[1]["control_guidance_start"], parameters[1]["control_guidance_end"]) == (0.2, 0.8) and picture.width > 3 * 64
     with pytest.raises(ValueError, match="0 <= start < end <= 1"):
         control_view(pipe, network, control, "a red circle", 1.0, (0.5, 0.5), 0, num_inference_steps=2)
+
+
+def test_the_schedule_view_turns_two_keyframes_and_a_region_into_settings(pipe, tmp_path):
+    import lllite
+
+    network = lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8)
+    control = canny(render_sample(0, size=64).image)
+    view = functools.partial(schedule_view, pipe, network, control, "a red circle", num_inference_steps=2)
+    picture = view(1.0, 0.5, 0.2, "ellipse", (0.25, 0.75), (0.0, 0.5), False, 4)
+    without, with_ = json.loads(picture.info["parameters"])[0]
+    assert without["multiplier"] == 0.0 and with_["multiplier"] == [[0.0, 1.0], [0.5, 0.2]] and with_["seed"] == 4
+    assert 0 < with_["mask"]["coverage"] < 0.25 and picture.width > 4 * 64  # control, where, without, with
+    everywhere = json.loads(view(1.0, 0.0, 0.7, "everywhere", (0.0, 1.0), (0.0, 1.0), False, 0).info["parameters"])
+    assert everywhere[0][1]["multiplier"] == 0.7 and everywhere[0][1]["mask"] is None  # switch at 0: one keyframe
+    with pytest.raises(ValueError, match="set MASK to the path of a picture"):
+        view(1.0, 0.5, 0.2, "your mask", (0.0, 1.0), (0.0, 1.0), False, 0)
+    own = tmp_path / "mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(own)
+    inverted = view(1.0, 0.5, 0.2, "your mask", (0.0, 1.0), (0.0, 1.0), True, 0, mask_image=own)
+    assert json.loads(inverted.info["parameters"])[0][1]["mask"]["coverage"] == 0.0
 
 
 def test_unused_path_never_points_at_an_existing_file(tmp_path):
