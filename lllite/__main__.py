@@ -29,7 +29,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
-    settings = {"out": args.out, "overwrite": args.overwrite}
+    settings = {"out": args.out, "overwrite": args.overwrite, "compile": args.compile}
     for name in ("max_train_seconds", "threads", "processes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-train-seconds", type=float, help="training time budget (default 300)")
     demo.add_argument("--threads", type=int, help="CPU threads for torch per process (default 1: the toy is too small to gain from more)")
     demo.add_argument("--processes", type=int, help="CPU processes training together, one per core (default 2)")
+    demo.add_argument("--compile", action="store_true", help="train the UNet as one torch.compile graph")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs in --out")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ class ToyRecipe:
             timesteps, no up path, a learning rate of 8e-3 and network_dim 128 all scored lower. In two
             processes of batch 8 (about 780 steps of 16): 0.75, and 0.67 at a learning rate of 6e-3;
             two processes of batch 4 made no more steps than one process of batch 8 (0.68).
+        compile: train the UNet as one ``torch.compile`` graph (see :class:`lllite.train.TrainConfig`).
         seed: seeds the dataset and the training.
     """
 
@@ -53,6 +54,7 @@ class ToyRecipe:
     up_path: bool = True
     timestep_sampling: str = "cubic"
     debiased_estimation_loss: bool = True
+    compile: bool = False
     seed: int = 0
 
     def training_settings(self) -> dict:
@@ -64,7 +66,7 @@ class ToyRecipe:
             timestep_sampling=self.timestep_sampling, debiased_estimation_loss=self.debiased_estimation_loss,
             max_train_steps=self.max_train_steps, max_train_seconds=self.max_train_seconds, mixed_precision="no",
             gradient_checkpointing=False, cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw",
-            seed=self.seed, save_precision="float",
+            seed=self.seed, save_precision="float", compile=self.compile,
         )
 
 

@@ -107,6 +107,8 @@ class TrainConfig:
         resume: ``"latest"`` or a checkpoint folder to continue from.
         overwrite: start over even when ``output_dir`` holds an earlier run's file or checkpoints.
         max_data_loader_n_workers: DataLoader worker processes.
+        compile: run the UNet, with the network inside, as one ``torch.compile(fullgraph=True)`` graph:
+            the same losses as eager; the first step (and each new bucket size) pays the compile time.
         progress: show progress bars.
     """
 
@@ -150,6 +152,7 @@ class TrainConfig:
     resume: str | None = None
     overwrite: bool = False
     max_data_loader_n_workers: int = 0
+    compile: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -246,9 +249,10 @@ class ControlledUNet(nn.Module):
     call its forward, and its gradients would never be averaged.
     """
 
-    def __init__(self, unet: nn.Module, network: LLLiteNetwork):
+    def __init__(self, unet: nn.Module, network: LLLiteNetwork, compile: bool = False):
         super().__init__()
-        self.unet = unet
+        # compiled after the network is attached: dynamo does not watch hooks
+        self.unet = torch.compile(unet, fullgraph=True) if compile else unet
         self.network = network
 
     def forward(self, noisy_latents, timesteps, control, prompt_embeds, pooled_prompt_embeds, time_ids):
@@ -688,7 +692,7 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
     network = create_network(pipe.unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path).to(device)
     network.apply_to(pipe.unet)
     network.train()
-    model = ControlledUNet(pipe.unet, network)
+    model = ControlledUNet(pipe.unet, network, compile=config.compile)
     optimizer = _make_optimizer(config, network.parameters(), accelerator)
     step, losses, seconds_before = 0, [], 0.0
     if resume_from is not None:

@@ -173,6 +173,26 @@ def test_gradient_checkpointing_and_uncached_inputs_train_the_same_weights(shape
         torch.testing.assert_close(uncached.network.state_dict()[key], value, rtol=0, atol=1e-4)
 
 
+def test_a_compiled_unet_trains_as_one_graph_with_the_losses_and_weights_of_eager(shapes, tmp_path, monkeypatch):
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
+
+    eager = train(config(shapes, tmp_path / "eager", max_train_steps=3), build_pipeline("test"))
+    # aot_eager traces the forward and the backward as inductor does, without its minutes of code generation
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounterWithBackend("aot_eager")
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compile(model, backend=counter, **options))
+    compiled = train(config(shapes, tmp_path / "compiled", max_train_steps=3, compile=True), build_pipeline("test"))
+    torch._dynamo.reset()
+    assert counter.frame_count == 1 and not counters["graph_break"]
+    assert [s for s, _ in compiled.losses] == [1, 2, 3]
+    torch.testing.assert_close([v for _, v in compiled.losses], [v for _, v in eager.losses], rtol=1e-5, atol=0)
+    for key, value in weights_of(eager.network).items():
+        torch.testing.assert_close(weights_of(compiled.network)[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_min_snr_weighting_never_raises_the_loss_and_noise_offset_changes_it(shapes, tmp_path):
     plain = train(config(shapes, tmp_path / "a", max_train_steps=2), build_pipeline("test")).losses
     weighted = train(config(shapes, tmp_path / "b", max_train_steps=2, min_snr_gamma=0.05), build_pipeline("test")).losses
