@@ -117,9 +117,8 @@ def report(size: int, stats: dict, config: BenchConfig) -> None:
 # ---------------------------------------------------------------------------------------- --compile
 def build_compiled(config: BenchConfig) -> dict:
     """The bare UNet, and a second one with LLLite attached: both compiled graphs stay cached side by side."""
-    unet_meta = sdxl_unet_meta()
-    bare = materialize(unet_meta, config, seed=0)
-    controlled = materialize(unet_meta, config, seed=0)
+    bare = materialize(sdxl_unet_meta(), config, seed=0)  # materialize fills the module it is given
+    controlled = materialize(sdxl_unet_meta(), config, seed=0)
     network = lllite_network(controlled, up_path=False, config=config, seed=1).eval().apply_to(controlled)
     # isolated: dynamo does not watch hooks, so the two UNets must not share compiled code
     compiled = {key: torch.compile(model, mode=config.compile, fullgraph=True, dynamic=False, isolate_recompiles=True)

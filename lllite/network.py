@@ -331,10 +331,13 @@ class LLLiteNetwork(nn.Module):
         if sample is None:
             return
         self._latent_size = tuple(sample.shape[-2:])
-        self._follow(sample.device)
-        if self._image is not None:
-            self._count_steps(self._attachment.scheduler)
-            self._refresh(sample.shape[0], sample.dtype)
+        trains = self.training and torch.is_grad_enabled()
+        # what is kept must stay writable by later calls made outside inference mode
+        with torch.inference_mode(False), torch.no_grad():
+            self._follow(sample.device)
+            if self._image is not None:
+                self._count_steps(self._attachment.scheduler)
+                self._refresh(sample.shape[0], sample.dtype, trains)
 
     def _after_unet(self, unet: nn.Module, args: tuple, output) -> None:
         if self._image is not None and not self._acted:
@@ -370,12 +373,13 @@ class LLLiteNetwork(nn.Module):
         controls[_STEPS].fill_(count)
         self._timesteps_source = timesteps
 
-    def _refresh(self, batch: int, dtype: torch.dtype) -> None:
-        """Compute what stays fixed while the control image, the latent size and the weights do.
+    def _refresh(self, batch: int, dtype: torch.dtype, trains: bool) -> None:
+        """Compute what stays fixed while the control image, the mask, the latent size and the weights do.
 
-        Training (with gradients) keeps only the prepared image: the embeddings train, so they are
-        computed in every step. Inference also keeps each group's stacked weights and embedding
-        terms, repeated for the UNet batch.
+        The mask at every depth's token grid, in ``dtype`` (the UNet's activations'). Training
+        (``trains``: training mode with gradients) keeps only the prepared image besides: the
+        embeddings train, so they are computed in every step. Inference also keeps each group's
+        stacked weights and embedding terms, repeated for the UNet batch.
         """
         images = self._image.shape[0]
         if batch % images:
@@ -384,25 +388,23 @@ class LLLiteNetwork(nn.Module):
                 "generated image (the batch of 2x for classifier-free guidance is handled)"
             )
         parameter = next(self.parameters())
-        trains = self.training and torch.is_grad_enabled()
         versions = None if trains else self._weights_version()
         key = (self._image_version, self._mask_version, self._latent_size, batch, dtype, parameter.device,
                parameter.dtype, trains, versions)
         if key == self._cached_for:
             return
         self._refresh_masks(batch, parameter.device, dtype)
-        with torch.no_grad():
-            image = self._prepared_image(parameter.device, parameter.dtype)
-            self._prepared = image if trains else None
-            for group in self._groups:
-                if trains:
-                    group.cached = None
-                    continue
-                terms = group.embedding_terms(image, self._latent_size).repeat(1, batch // images, 1, 1)
-                weights = group.weights() if len(group) > 1 else ()
-                old = None if group.cached is None else (*(group.cached[0] or ()), group.cached[1])
-                kept = _keep(old, (*weights, terms))
-                group.cached = (GroupWeights(*kept[:-1]) if weights else None, kept[-1])
+        image = self._prepared_image(parameter.device, parameter.dtype)
+        self._prepared = image if trains else None
+        for group in self._groups:
+            if trains:
+                group.cached = None
+                continue
+            terms = group.embedding_terms(image, self._latent_size).repeat(1, batch // images, 1, 1)
+            weights = group.weights() if len(group) > 1 else ()
+            old = None if group.cached is None else (*(group.cached[0] or ()), group.cached[1])
+            kept = _keep(old, (*weights, terms))
+            group.cached = (GroupWeights(*kept[:-1]) if weights else None, kept[-1])
         self._cached_for = key
 
     def _refresh_masks(self, batch: int, device: torch.device, dtype: torch.dtype) -> None:

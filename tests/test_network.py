@@ -220,6 +220,19 @@ def test_a_weight_change_recomputes_the_cached_embedding_once(tiny_unet, network
     assert len(calls) == 2 * len(network)
 
 
+def test_calls_in_inference_mode_and_under_no_grad_can_alternate(tiny_unet, network):
+    # the cached tensors are written in place by later calls: they must not be inference tensors
+    network.apply_to(tiny_unet)
+    results = []
+    for seed, mode in [(1, torch.inference_mode), (2, torch.no_grad), (1, torch.no_grad), (2, torch.inference_mode)]:
+        network.set_cond_image(control(seed=seed))
+        network.set_multiplier(0.5 + seed / 10)
+        with mode():
+            results.append(tiny_unet(**unet_inputs()).sample)
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
+    assert not torch.equal(results[0], results[1])
+
+
 def test_weight_changes_invalidate_the_cached_embedding(tiny_unet, network):
     network.apply_to(tiny_unet)
     network.set_cond_image(control())
