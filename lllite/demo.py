@@ -42,7 +42,7 @@ OUTPUTS = ("data", "train", "metrics.json", "comparison.png", "iou_vs_strength.p
 @dataclass
 class DemoConfig(ToyRecipe):
     """Settings of the demo: the toy recipe (:class:`lllite.recipes.ToyRecipe`, whose fields it takes)
-    and how to evaluate and run it. The defaults train for at most 5 minutes and finish in about 6.5 on
+    and how to evaluate and run it. The defaults train for at most 5 minutes and finish in about 6 on
     2 CPU cores.
 
     Args:
