@@ -94,6 +94,7 @@ class LLLiteNetwork(nn.Module):
         self._latent_size: tuple[int, int] | None = None
         self._prepared: torch.Tensor | None = None  # the control image at the generated size (training)
         self._cached_for: tuple | None = None  # what the groups' cached tensors were computed for
+        self._masks_for: tuple | None = None  # what the token masks were computed for
         self._groups: list[ModuleGroup] = []
         self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
         self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale per depth
@@ -301,7 +302,7 @@ class LLLiteNetwork(nn.Module):
         self._attachment.detach()
         self._attachment = None
         self._groups, self._group_of = [], {}
-        self._latent_size = self._prepared = self._cached_for = None
+        self._latent_size = self._prepared = self._cached_for = self._masks_for = None
         self._timesteps = self._timesteps_source = None
         self._gate, self._scales, self._token_masks = None, {}, {}
 
@@ -376,10 +377,10 @@ class LLLiteNetwork(nn.Module):
     def _refresh(self, batch: int, dtype: torch.dtype, trains: bool) -> None:
         """Compute what stays fixed while the control image, the mask, the latent size and the weights do.
 
-        The mask at every depth's token grid, in ``dtype`` (the UNet's activations'). Training
-        (``trains``: training mode with gradients) keeps only the prepared image besides: the
-        embeddings train, so they are computed in every step. Inference also keeps each group's
-        stacked weights and embedding terms, repeated for the UNet batch.
+        The mask at every depth's token grid, in ``dtype`` (the UNet's activations'), when the mask or
+        the shapes change. Training (``trains``: training mode with gradients) keeps only the prepared
+        image besides: the embeddings train, so they are computed in every step. Inference also keeps
+        each group's stacked weights and embedding terms, repeated for the UNet batch.
         """
         images = self._image.shape[0]
         if batch % images:
@@ -388,12 +389,14 @@ class LLLiteNetwork(nn.Module):
                 "generated image (the batch of 2x for classifier-free guidance is handled)"
             )
         parameter = next(self.parameters())
+        masks = (self._mask_version, self._latent_size, batch, parameter.device, dtype)
+        if masks != self._masks_for:
+            self._refresh_masks(batch, parameter.device, dtype)
+            self._masks_for = masks
         versions = None if trains else self._weights_version()
-        key = (self._image_version, self._mask_version, self._latent_size, batch, dtype, parameter.device,
-               parameter.dtype, trains, versions)
+        key = (self._image_version, self._latent_size, batch, parameter.device, parameter.dtype, trains, versions)
         if key == self._cached_for:
             return
-        self._refresh_masks(batch, parameter.device, dtype)
         image = self._prepared_image(parameter.device, parameter.dtype)
         self._prepared = image if trains else None
         for group in self._groups:

@@ -1,8 +1,10 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from PIL import Image
 
 # The unit tests run tiny models, where one thread beats a thread pool (whose start-up and spinning
 # cost seconds when the cores are busy); full-size checks ask for every core themselves.
@@ -75,3 +77,12 @@ def randomize(network, seed: int = 0, scale: float = 0.2):
 @pytest.fixture
 def tiny_unet():
     return make_tiny_unet()
+
+
+def edges(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A canny-like control: the white outline of a 16-pixel square on black, placed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    array = np.zeros((*size, 3), dtype=np.uint8)
+    y, x = rng.integers(8, min(size) - 24, 2)
+    array[y:y + 16, x] = array[y:y + 16, x + 16] = array[y, x:x + 16] = array[y + 16, x:x + 17] = 255
+    return Image.fromarray(array)

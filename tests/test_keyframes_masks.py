@@ -4,8 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_unet, randomize, unet_inputs
-from PIL import Image
+from conftest import edges, make_tiny_unet, randomize, unet_inputs
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
@@ -26,14 +25,6 @@ def pipe():
 
 def network_for(unet, seed=0):
     return randomize(lllite.create_network(unet, cond_emb_dim=8, network_dim=8), seed=seed, scale=0.3).eval()
-
-
-def edges(seed, size=(SIZE, SIZE)):
-    rng = np.random.default_rng(seed)
-    array = np.zeros((*size, 3), dtype=np.uint8)
-    y, x = rng.integers(4, min(size) - 20, 2)
-    array[y:y + 16, x] = array[y:y + 16, x + 16] = array[y, x:x + 16] = array[y + 16, x:x + 17] = 255
-    return Image.fromarray(array)
 
 
 def generate(pipe, steps=4, size=(SIZE, SIZE), prompts=("a red circle",), **kwargs):

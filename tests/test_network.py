@@ -184,10 +184,16 @@ def test_removing_one_of_two_networks_leaves_the_other(tiny_unet):
     torch.testing.assert_close(run(tiny_unet), only_a, rtol=0, atol=0)
 
 
-def test_embedding_is_computed_once_per_image_at_inference(tiny_unet, network):
+def count_embeddings(network) -> list:
+    """A list that grows by one each time a module computes its conditioning embedding."""
     calls = []
     for _, module in network.lllite_modules():
         module.conditioning1.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_embedding_is_computed_once_per_image_at_inference(tiny_unet, network):
+    calls = count_embeddings(network)
     network.apply_to(tiny_unet)
     network.set_cond_image(control())
     for _ in range(3):
@@ -206,9 +212,7 @@ def test_embedding_is_computed_once_per_image_at_inference(tiny_unet, network):
 
 
 def test_a_weight_change_recomputes_the_cached_embedding_once(tiny_unet, network):
-    calls = []
-    for _, module in network.lllite_modules():
-        module.conditioning1.register_forward_hook(lambda *args: calls.append(1))
+    calls = count_embeddings(network)
     network.apply_to(tiny_unet)
     network.set_cond_image(control())
     run(tiny_unet)

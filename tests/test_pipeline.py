@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import randomize
+from conftest import edges, randomize
 from PIL import Image
 
 import lllite
@@ -21,14 +21,6 @@ def pipe():
 @pytest.fixture
 def network(pipe):
     return randomize(lllite.create_network(pipe.unet, cond_emb_dim=8, network_dim=8), scale=0.3)
-
-
-def edges(seed, size=(SIZE, SIZE)):
-    rng = np.random.default_rng(seed)
-    array = np.zeros((*size, 3), dtype=np.uint8)
-    y, x = rng.integers(8, min(size) - 24, 2)
-    array[y:y + 16, x] = array[y:y + 16, x + 16] = array[y, x:x + 16] = array[y + 16, x:x + 17] = 255
-    return Image.fromarray(array)
 
 
 def generate(pipe, prompt="a red circle", seed=0, steps=4, **kwargs):
