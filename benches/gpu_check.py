@@ -42,7 +42,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lllite  # noqa: E402
@@ -171,10 +170,7 @@ class Check:
 
 
 # ---------------------------------------------------------------------------------------- b: one training step
-# The trainer's objective on cached inputs, as lllite.train computes it. Kept apart so that it can be
-# pointed at the trainer's own objective once that has a module of its own.
-NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      prediction_type="epsilon")
+# The trainer's objective (lllite.objective) on cached inputs, as lllite.train computes it.
 
 
 def cached_batch(size: int, unet: nn.Module, config: BenchConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -185,26 +181,27 @@ def cached_batch(size: int, unet: nn.Module, config: BenchConfig, seed: int = 0)
             "time_ids": inputs["added_cond_kwargs"]["time_ids"], "control": control_image(size, 1, as_float32(config))}
 
 
-def noise_loss(unet: nn.Module, network, batch: dict, noise_scheduler, weight_dtype: torch.dtype,
-               generator: torch.Generator) -> torch.Tensor:
+def step_loss(unet: nn.Module, network, batch: dict, ddpm, weight_dtype: torch.dtype,
+              generator: torch.Generator) -> torch.Tensor:
     """SDXL's noise objective on one batch: uniform timesteps, epsilon prediction, MSE in float32."""
+    from lllite.objective import noise_loss, sample_noise, sample_timesteps
+
     latents = batch["latents"]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    count = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    noise = sample_noise(latents.shape, generator).to(latents.device)
+    timesteps = sample_timesteps("uniform", latents.shape[0], generator).to(latents.device)
+    noisy = ddpm.add_noise(latents, noise, timesteps)
     network.set_cond_image(batch["control"])
     added = {"text_embeds": batch["pooled_prompt_embeds"].to(weight_dtype), "time_ids": batch["time_ids"].to(weight_dtype)}
     with torch.autocast(latents.device.type, dtype=weight_dtype):
         prediction = unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=batch["prompt_embeds"].to(weight_dtype),
                           added_cond_kwargs=added).sample
-    return F.mse_loss(prediction.float(), noise)
+    return noise_loss(prediction, noise)
 
 
-def train_step(unet: nn.Module, network, batch: dict, optimizer, scaler, weight_dtype: torch.dtype, noise_scheduler,
+def train_step(unet: nn.Module, network, batch: dict, optimizer, scaler, weight_dtype: torch.dtype, ddpm,
                generator: torch.Generator) -> float:
     """One optimizer step as the trainer takes it (accelerate's loss scaling in fp16, gradient clipping)."""
-    loss = noise_loss(unet, network, batch, noise_scheduler, weight_dtype, generator)
+    loss = step_loss(unet, network, batch, ddpm, weight_dtype, generator)
     if scaler is None:
         loss.backward()
     else:
@@ -220,26 +217,14 @@ def train_step(unet: nn.Module, network, batch: dict, optimizer, scaler, weight_
     return loss.item()
 
 
-def make_optimizer(name: str, parameters) -> torch.optim.Optimizer:
-    """``adamw``: torch's AdamW, fused where the device has the kernel; ``adamw8bit``: bitsandbytes'."""
-    parameters = list(parameters)
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    try:
-        return torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True)
-    except RuntimeError:
-        return torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-
-
 def training_variant(unet: nn.Module, size: int, precision: str, checkpointing: bool, optimizer_name: str,
                      config: BenchConfig, steps: int) -> dict:
     """``steps`` training steps of a fresh LLLite on the frozen UNet: peak memory over all, time of the last.
 
     The first step creates the optimizer's state, so the peak counts it.
     """
-    from diffusers import DDPMScheduler
+    from lllite.objective import noise_scheduler
+    from lllite.train import make_optimizer
 
     device, weight_dtype = config.device, DTYPES[precision]
     if checkpointing:
@@ -251,15 +236,15 @@ def training_variant(unet: nn.Module, size: int, precision: str, checkpointing: 
     network.apply_to(unet)
     row: dict = {"precision": precision, "gradient_checkpointing": checkpointing, "optimizer": optimizer_name}
     try:
-        optimizer = make_optimizer(optimizer_name, network.parameters())
+        optimizer = make_optimizer(optimizer_name, network.parameters(), LEARNING_RATE, WEIGHT_DECAY, device)
         scaler = torch.amp.GradScaler(device.split(":")[0]) if precision == "float16" else None
-        noise_scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+        ddpm = noise_scheduler()
         generator = torch.Generator().manual_seed(0)
         held = tensor_bytes(unet, network, batch)
         losses: list[float] = []
 
         def step():
-            losses.append(train_step(unet, network, batch, optimizer, scaler, weight_dtype, noise_scheduler, generator))
+            losses.append(train_step(unet, network, batch, optimizer, scaler, weight_dtype, ddpm, generator))
 
         with memory_ceiling(device), PeakMemory(device) as peak:
             timings = [timed(step, device) for _ in range(steps)]
