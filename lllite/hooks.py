@@ -1,15 +1,17 @@
-"""Attaching LLLite networks to a UNet: forward pre-hooks only, removable, several networks at once.
+"""Attaching LLLite networks to a denoising model: forward pre-hooks only, removable, several at once.
 
-On each target Linear one pre-hook (:class:`Dispatch`) adds the change of every network attached
-there, each computed from the Linear's original input, so networks add up independently of the
-order they were attached in. Per network, :class:`Attachment` adds two more:
+The model is SDXL's UNet or Anima's DiT (``CosmosTransformer3DModel``); everything here is the same
+for both. On each target Linear one pre-hook (:class:`Dispatch`) adds the change of every network
+attached there, each computed from the Linear's original input, so networks add up independently of
+the order they were attached in. Per network, :class:`Attachment` adds three more:
 
-- a pre-hook on the UNet that runs on the host, outside any compiled graph (``torch.compiler.disable``):
-  it follows LoRA-wrapped targets and the UNet's device, and refreshes what changes only with the
+- a pre-hook on the model that runs on the host, outside any compiled graph (``torch.compiler.disable``):
+  it follows LoRA-wrapped targets and the model's device, and refreshes what changes only with the
   control image, the latent size or the weights;
-- a pre-hook on the UNet's ``time_proj`` (called once per UNet call, with the timestep on the
-  UNet's device), which computes the step's scale there;
-- a hook after the UNet, also on the host, which checks that the network acted.
+- a pre-hook on the model's timestep projection (``unet.time_proj``, ``transformer.time_embed.time_proj``:
+  called once per model call, with the timestep on the model's device), which computes the step's
+  scale there;
+- a hook after the model, also on the host, which checks that the network acted.
 
 ``torch.compile(unet)`` traces hooks on the UNet's submodules into the UNet's graph, while hooks on
 the compiled module itself run as frames of their own: the ``time_proj`` and Linear hooks are part
@@ -70,44 +72,49 @@ def unhook(linear: nn.Module, network: "LLLiteNetwork", name: str) -> None:
         del _DISPATCH[linear]
 
 
-def unet_and_pipeline(target: Any) -> tuple[nn.Module, Any]:
-    """The UNet to attach to, and the pipeline whose scheduler counts steps (None for a bare UNet)."""
-    unet = getattr(target, "unet", None)
-    if isinstance(unet, nn.Module):
-        return _compiled_inner(unet), target
+def model_and_pipeline(target: Any) -> tuple[nn.Module, Any]:
+    """The denoising model to attach to (a pipeline's ``unet`` or ``transformer``, or the model itself),
+    and the pipeline whose scheduler counts steps (None for a bare model)."""
+    for attribute in ("unet", "transformer"):
+        model = getattr(target, attribute, None)
+        if isinstance(model, nn.Module):
+            return _compiled_inner(model), target
     if isinstance(target, nn.Module):
         return _compiled_inner(target), None
-    raise TypeError(f"apply_to expects a diffusers UNet2DConditionModel or an SDXL pipeline, got {type(target).__name__}")
+    raise TypeError(f"apply_to expects a diffusers pipeline or its UNet/transformer, got {type(target).__name__}")
 
 
-def _compiled_inner(unet: nn.Module) -> nn.Module:
-    # torch.compile(unet) wraps the UNet; the hooks belong on the module it compiles
-    return getattr(unet, "_orig_mod", unet)
+def _compiled_inner(model: nn.Module) -> nn.Module:
+    # torch.compile(model) wraps the model; the hooks belong on the module it compiles
+    return getattr(model, "_orig_mod", model)
 
 
 class Attachment:
     """What :meth:`LLLiteNetwork.apply_to` set up, so that :meth:`LLLiteNetwork.remove` undoes exactly that.
 
     Args:
-        network: the network being attached.
-        unet: the UNet.
+        network: the network being attached; it provides ``_before_model``, ``_before_time``,
+            ``_after_model`` and ``_change``.
+        model: the UNet or transformer.
         pipeline: the pipeline it belongs to, or None.
-        paths: kohya module name -> path of the target Linear in the UNet.
+        paths: kohya module name -> path of the target Linear in the model.
+        time_module: the module called once per model call with the timestep as its input.
     """
 
-    def __init__(self, network: "LLLiteNetwork", unet: nn.Module, pipeline: Any, paths: dict[str, str]):
-        self.network, self.unet, self.pipeline = network, unet, pipeline
+    def __init__(self, network: "LLLiteNetwork", model: nn.Module, pipeline: Any, paths: dict[str, str],
+                 time_module: nn.Module):
+        self.network, self.model, self.pipeline = network, model, pipeline
         self.linears: dict[str, tuple[nn.Module, str, nn.Module]] = {}  # name -> (parent, attribute, hooked module)
         for name, path in paths.items():
             parent_path, attribute = path.rsplit(".", 1)
-            parent = unet.get_submodule(parent_path)
+            parent = model.get_submodule(parent_path)
             linear = getattr(parent, attribute)
             hook(linear, network, name)
             self.linears[name] = (parent, attribute, linear)
         self.handles = [
-            unet.register_forward_pre_hook(torch.compiler.disable(network._before_unet), with_kwargs=True),
-            unet.time_proj.register_forward_pre_hook(network._before_time_proj),
-            unet.register_forward_hook(torch.compiler.disable(network._after_unet)),
+            model.register_forward_pre_hook(torch.compiler.disable(network._before_model), with_kwargs=True),
+            time_module.register_forward_pre_hook(network._before_time),
+            model.register_forward_hook(torch.compiler.disable(network._after_model)),
         ]
 
     @property

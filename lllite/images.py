@@ -41,7 +41,7 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
-def to_control_tensor(image, what: str = "control image") -> torch.Tensor:
+def to_control_tensor(image, what: str = "control image", channels: int = 3) -> torch.Tensor:
     """Convert a control image to a float32 tensor (B, 3, H, W) in [-1, 1].
 
     Args:
@@ -49,7 +49,15 @@ def to_control_tensor(image, what: str = "control image") -> torch.Tensor:
             (B, H, W, 3), a float tensor (3, H, W) or (B, 3, H, W) already in [-1, 1], or a list of
             PIL images / arrays of one size (a batch).
         what: how error messages name the argument.
+        channels: channels the network reads: 3 (RGB), or 4 for Anima's inpainting networks, which
+            take a tensor (B, 4, H, W) of RGB and mask (see :func:`lllite.anima.inpaint_condition`).
     """
+    if channels != 3:
+        if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.shape[-3] != channels:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise LLLiteError(f"{what}: this network reads {channels} channels; give a float tensor (B, {channels}, H, W) "
+                              f"(RGB in [-1, 1] and the mask in [0, 1]), got {shape}")
+        return (image[None] if image.dim() == 3 else image).float()
     if isinstance(image, Image.Image):
         return from_uint8(np.asarray(image.convert("RGB")), what)
     if isinstance(image, np.ndarray):

@@ -25,24 +25,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fileformat
-from .controls import Keyframes, Multiplier, keyframe_table, keyframes, strength_at, token_masks
-from .errors import CompiledWithoutNetworkError, LLLiteError
+from .controls import ControlledNetwork, strength_at, token_masks
+from .errors import LLLiteError
 from .group import GroupWeights, ModuleGroup, group_modules
-from .hooks import Attachment, unet_and_pipeline
-from .images import to_control_tensor, to_mask_tensor
+from .hooks import Attachment, model_and_pipeline
 from .module import LLLiteModule, conditioning_stride
 from .names import Target, find_targets, is_up_path
 
 _MAX_STRIDE = conditioning_stride(3)
-#: Room for the scheduler's timesteps on the device; padding with +inf keeps the step count out of the graph's shapes.
-_TIMESTEP_SLOTS = 1000
-_START, _END, _STEPS = range(3)  # the slots of LLLiteNetwork._controls
 _VERSION = attrgetter("_version")
-
-
-def _control_dtype(device: torch.device) -> torch.dtype:
-    # float64 counts steps exactly as diffusers' Python floats do; Apple's GPUs have no float64
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _keep(old: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -61,7 +52,7 @@ def _keep(old: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...]) -
     return new
 
 
-class LLLiteNetwork(nn.Module):
+class LLLiteNetwork(ControlledNetwork):
     """A set of :class:`LLLiteModule`, one per target Linear, named as in kohya's files.
 
     ``state_dict()`` keys are exactly the keys of a kohya LLLite file. Make one with
@@ -73,35 +64,18 @@ class LLLiteNetwork(nn.Module):
     """
 
     def __init__(self, modules: dict[str, LLLiteModule], metadata: dict[str, str] | None = None):
-        super().__init__()
+        super().__init__(metadata)
         if not modules:
             raise ValueError("an LLLite network needs at least one module")
         for name, module in modules.items():
             self.add_module(name, module)
-        self.metadata: dict[str, str] = dict(metadata or {})
-        self._keyframes: Keyframes = ((0.0, 1.0),)
-        self._start, self._end = 0.0, 1.0
-        # start, end, step count; the keyframes' starts and strengths: on the UNet's device, read by its
-        # graph, written in place
-        self._controls = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
-        self._keyframe_table = keyframe_table(self._keyframes)
-        self._mask: torch.Tensor | None = None
-        self._mask_version = 0
-        self._timesteps: torch.Tensor | None = None  # the scheduler's timesteps, padded with +inf
-        self._timesteps_source: torch.Tensor | None = None
-        self._image: torch.Tensor | None = None
-        self._image_version = 0
-        self._latent_size: tuple[int, int] | None = None
         self._prepared: torch.Tensor | None = None  # the control image at the generated size (training)
         self._cached_for: tuple | None = None  # what the groups' cached tensors were computed for
         self._masks_for: tuple | None = None  # what the token masks were computed for
         self._groups: list[ModuleGroup] = []
         self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
-        self._gate: torch.Tensor | None = None  # this UNet call's step gate, and its scale per depth
-        self._scales: dict[int, torch.Tensor] = {}
+        self._scales: dict[int, torch.Tensor] = {}  # this UNet call's scale per depth
         self._token_masks: dict[int, torch.Tensor] = {}  # the mask at each depth's token grid, per UNet batch row
-        self._acted = False  # whether this UNet call reached the network (see _after_unet)
-        self._attachment: Attachment | None = None
         self._weights: list[nn.Parameter] | None = None  # self.parameters(), listed once: read every UNet call
         self._weights_listed = 0
         self.register_load_state_dict_post_hook(LLLiteNetwork._forget_weights)
@@ -132,9 +106,10 @@ class LLLiteNetwork(nn.Module):
         """Whether any module adapts the up path (kohya's default networks have none)."""
         return any(is_up_path(name) for name, _ in self.lllite_modules())
 
-    @property
-    def is_attached(self) -> bool:
-        return self._attachment is not None
+    def _forget_image(self) -> None:
+        self._prepared, self._cached_for = None, None
+        for group in self._groups:
+            group.cached = None
 
     def extra_repr(self) -> str:
         return (f"{len(self)} modules, cond_emb_dim={self.cond_emb_dim}, network_dim={self.network_dim}, "
@@ -142,118 +117,6 @@ class LLLiteNetwork(nn.Module):
 
     def __repr__(self) -> str:  # 136 child reprs help nobody
         return f"LLLiteNetwork({self.extra_repr()})"
-
-    # ------------------------------------------------------------------ controls
-    def set_cond_image(self, image) -> None:
-        """Set the control image; ``None`` switches the network off.
-
-        Args:
-            image: a tensor (B, 3, H, W) or (3, H, W) in [-1, 1], or PIL / uint8 numpy RGB (read as
-                ``x / 127.5 - 1``), or a list of those. Use one image for the whole batch or one per
-                generated image; with classifier-free guidance the UNet batch is twice that, and the
-                images are repeated for both halves. Any size: it is resized to the generated
-                image's pixel size when it differs.
-        """
-        self._image = None if image is None else to_control_tensor(image)
-        self._image_version += 1
-        if image is None:  # free the cached tensors; a new image computes them again
-            self._prepared, self._cached_for = None, None
-            for group in self._groups:
-                group.cached = None
-
-    @property
-    def cond_image(self) -> torch.Tensor | None:
-        """The control image as set, (B, 3, H, W) in [-1, 1], or None."""
-        return self._image
-
-    @property
-    def multiplier(self) -> Multiplier:
-        """The strength as set: a number, or keyframes (see :meth:`set_multiplier`)."""
-        frames = self._keyframes
-        return frames[0][1] if len(frames) == 1 and frames[0][0] == 0 else frames
-
-    @multiplier.setter
-    def multiplier(self, multiplier: Multiplier) -> None:
-        self.set_multiplier(multiplier)
-
-    @property
-    def keyframes(self) -> Keyframes:
-        """The strength as ``(start, strength)`` keyframes; a plain multiplier ``m`` is ``((0.0, m),)``."""
-        return self._keyframes
-
-    def set_multiplier(self, multiplier: Multiplier) -> None:
-        """Strength of the control: a number, or keyframes that vary it over the denoising steps.
-
-        Args:
-            multiplier: 0 switches the control off, 1 is the trained strength. Or keyframes: a sequence
-                of ``(start, strength)`` pairs, ``start`` a fraction of the denoising steps counted as
-                :meth:`set_step_range` counts them, in increasing order. At step ``i`` of ``n`` the
-                strength is that of the last keyframe whose start is ``<= i / n``, and 0 before the first:
-                ``[(0.0, 1.0), (0.5, 0.0)]`` is strength 1 for the first half of the steps, as
-                ``set_multiplier(1.0)`` with ``set_step_range(0.0, 0.5)`` when the half falls on a step.
-
-        Raises:
-            LLLiteError: not a finite number or not such keyframes; the message names the keyframe.
-        """
-        frames = keyframes(multiplier)
-        self._keyframes = frames
-        self._keyframe_table.copy_(keyframe_table(frames))  # in place, on the device: nothing recompiles
-
-    @property
-    def mask(self) -> torch.Tensor | None:
-        """Where the control acts, as set: (B, 1, H, W) in [0, 1], or None for everywhere."""
-        return self._mask
-
-    def set_mask(self, mask) -> None:
-        """Confine the control to a region of the image.
-
-        Args:
-            mask: None (everywhere), or a mask: a PIL image (mode "L"), a uint8 (0..255) or float (0..1)
-                array (H, W), a tensor (H, W) or (B, 1, H, W) with values in [0, 1], one per generated
-                image or one for all. It is resized to each block's token grid (each token gets the mean
-                of the mask over its pixels), and every module's change to its Linear's input is
-                multiplied by it token by token: an all-ones mask changes nothing, an all-zeros mask
-                switches the network off, and tokens under 0 give their Linear its unchanged input.
-
-        Raises:
-            LLLiteError: a mask of another shape, or with values outside [0, 1].
-        """
-        self._mask = None if mask is None else to_mask_tensor(mask)
-        self._mask_version += 1
-
-    def set_step_range(self, control_guidance_start: float = 0.0, control_guidance_end: float = 1.0) -> None:
-        """Apply the control only between these fractions of the denoising steps.
-
-        Named and counted as diffusers' ``control_guidance_start/end``: step ``i`` of ``n`` is
-        controlled when ``i / n >= control_guidance_start`` and ``(i + 1) / n <= control_guidance_end``.
-        Steps are counted on the scheduler's timesteps when the network was applied to a pipeline;
-        applied to a bare UNet, the fraction is read from the timestep (``1 - t / 1000``).
-        """
-        start, end = float(control_guidance_start), float(control_guidance_end)
-        if not 0.0 <= start < end <= 1.0:
-            raise ValueError("the step range (control_guidance_start, control_guidance_end) must satisfy "
-                             f"0 <= start < end <= 1, got start={start}, end={end}")
-        self._start, self._end = start, end
-        self._controls[_START].fill_(start)
-        self._controls[_END].fill_(end)
-
-    @property
-    def control_guidance_start(self) -> float:
-        """The fraction of the denoising steps where the control starts (see :meth:`set_step_range`)."""
-        return self._start
-
-    @control_guidance_start.setter
-    def control_guidance_start(self, start: float) -> None:
-        self.set_step_range(start, self._end)
-
-    @property
-    def control_guidance_end(self) -> float:
-        """The fraction of the denoising steps where the control ends (see :meth:`set_step_range`)."""
-        return self._end
-
-    @control_guidance_end.setter
-    def control_guidance_end(self, end: float) -> None:
-        self.set_step_range(self._start, end)
 
     # ------------------------------------------------------------------ attaching
     def apply_to(self, target) -> "LLLiteNetwork":
@@ -264,14 +127,19 @@ class LLLiteNetwork(nn.Module):
         """
         if self._attachment is not None:
             raise RuntimeError("this LLLite network is already attached; call remove() before apply_to() again")
-        unet, pipeline = unet_and_pipeline(target)
+        unet, pipeline = model_and_pipeline(target)
+        if not hasattr(unet, "time_proj") or not hasattr(unet, "down_blocks"):
+            raise LLLiteError(
+                f"this is an SDXL LLLite network and {type(unet).__name__} is not an SDXL UNet; an SDXL network "
+                "attaches to an SDXL pipeline or its UNet (Anima's networks are read by lllite.load from their own files)"
+            )
         targets = find_targets(unet, up_path=True)
         self._check_against(targets)
         modules = dict(self.lllite_modules())
         paths = {name: targets[name].path for name in modules}
         self._groups = group_modules(modules, paths)
         self._group_of = {name: (group, i) for group in self._groups for i, name in enumerate(group.names)}
-        self._attachment = Attachment(self, unet, pipeline, paths)
+        self._attachment = Attachment(self, unet, pipeline, paths, time_module=unet.time_proj)
         return self
 
     def _check_against(self, targets: dict[str, Target]) -> None:
@@ -321,7 +189,7 @@ class LLLiteNetwork(nn.Module):
             self._weights_listed += 1
         return self._weights_listed, sum(map(_VERSION, self._weights))
 
-    def _before_unet(self, unet: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _before_model(self, unet: nn.Module, args: tuple, kwargs: dict) -> None:
         """Everything a UNet call needs that is decided on the host; it reads no tensor's values."""
         sample = args[0] if args else kwargs.get("sample")
         self._attachment.rehome()
@@ -339,40 +207,6 @@ class LLLiteNetwork(nn.Module):
             if self._image is not None:
                 self._count_steps(self._attachment.scheduler)
                 self._refresh(sample.shape[0], sample.dtype, trains)
-
-    def _after_unet(self, unet: nn.Module, args: tuple, output) -> None:
-        if self._image is not None and not self._acted:
-            raise CompiledWithoutNetworkError(
-                "LLLite: the UNet ran code torch.compile made before this network was attached, so the network "
-                "did not act on this call (dynamo does not watch hooks). Attach networks before the compiled "
-                "UNet's first call, or call torch.compiler.reset() after apply_to()."
-            )
-
-    def _follow(self, device: torch.device) -> None:
-        """Move the network and its controls to the UNet's device."""
-        if next(self.parameters()).device != device:
-            self.to(device)
-        if self._controls.device != device:
-            self._controls = self._controls.to(device=device, dtype=_control_dtype(device))
-            self._keyframe_table = self._keyframe_table.to(device=device, dtype=_control_dtype(device))
-            self._timesteps = self._timesteps_source = None
-
-    def _count_steps(self, scheduler) -> None:
-        """Copy the scheduler's timesteps to the device once per generation (a new tensor each time)."""
-        timesteps = getattr(scheduler, "timesteps", None)
-        if not isinstance(timesteps, torch.Tensor) or timesteps is self._timesteps_source:
-            return
-        count = timesteps.numel()
-        controls = self._controls
-        if self._timesteps is None or self._timesteps.numel() < count:
-            self._timesteps = torch.full((max(_TIMESTEP_SLOTS, count),), math.inf, dtype=controls.dtype,
-                                         device=controls.device)
-            torch._dynamo.mark_static_address(self._timesteps)
-        else:
-            self._timesteps[count:].fill_(math.inf)
-        self._timesteps[:count].copy_(timesteps.flatten(), non_blocking=True)
-        controls[_STEPS].fill_(count)
-        self._timesteps_source = timesteps
 
     def _refresh(self, batch: int, dtype: torch.dtype, trains: bool) -> None:
         """Compute what stays fixed while the control image, the mask, the latent size and the weights do.
@@ -442,7 +276,7 @@ class LLLiteNetwork(nn.Module):
         return prepared.to(dtype)
 
     # ------------------------------------------------------------------ inside the UNet call (traced when compiled)
-    def _before_time_proj(self, time_proj: nn.Module, args: tuple) -> None:
+    def _before_time(self, time_proj: nn.Module, args: tuple) -> None:
         """This step's scale at each depth, strength x step gate x mask, from the timestep on the device:
         the tensor every module of that depth multiplies its change by."""
         if self._image is None:
@@ -451,24 +285,6 @@ class LLLiteNetwork(nn.Module):
         self._gate = gate
         scale = strength_at(self._keyframe_table, progress) * gate
         self._scales = {depth: scale.to(tokens.dtype) * tokens for depth, tokens in self._token_masks.items()}
-
-    def _step_gate(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fraction of the steps done, and whether this step is inside the step range (diffusers' rule,
-        see :meth:`set_step_range`), as tensors."""
-        controls = self._controls
-        t = timestep.reshape(-1)[0].to(controls.dtype)
-        start, end = controls[_START], controls[_END]
-        if self._timesteps is None:  # a bare UNet: the fraction of denoising done, read from the timestep
-            progress = (1 - t / 1000).clamp(0, 1)
-            return progress, (progress >= start) & (progress <= end)
-        i = (self._timesteps - t).abs().argmin().to(controls.dtype)
-        count = controls[_STEPS]
-        return i / count, (i / count >= start) & ((i + 1) / count <= end)
-
-    @property
-    def _step_active(self) -> bool:
-        """Whether the last UNet call was inside the step range (reads the device: for tests and debugging)."""
-        return True if self._gate is None else bool(self._gate)
 
     def _change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This network's change to the input ``x`` of the Linear ``name``, and the scale it is multiplied by."""
