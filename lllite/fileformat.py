@@ -69,6 +69,8 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _describe_foreign(keys: list[str]) -> str:
+    if any(k.startswith(("lllite_conditioning1.", "lllite_dit_", "lllite_modules.")) for k in keys):
+        return "it is an Anima LLLite (kohya's DiT format): lllite.load reads it, and it attaches to an Anima pipeline"
     if any("lora" in k.lower() for k in keys):
         return "it is a LoRA: load it with pipe.load_lora_weights(...)"
     if any(k.startswith(("controlnet_", "input_hint_block", "control_model.")) for k in keys):
@@ -144,10 +146,8 @@ def default_metadata(modules: Mapping[str, LLLiteModule]) -> dict[str, str]:
     """What every file we write says of its modules: modelspec architecture and dimensions."""
     depths = sorted({m.depth for m in modules.values()})
     return {
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ARCHITECTURE,
+        **modelspec(ARCHITECTURE),
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-        "modelspec.date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "lllite.cond_emb_dim": str(_common(modules, "cond_emb_dim")),
         "lllite.mlp_dim": str(_common(modules, "network_dim")),
         "lllite.modules": str(len(modules)),
@@ -169,15 +169,33 @@ def save(modules: Mapping[str, LLLiteModule], path, dtype: torch.dtype | None = 
         overwrite: replace an existing file; otherwise an existing file raises
             :class:`lllite.errors.OutputExistsError`.
     """
+    tensors = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+    return write_tensors(tensors, path, dtype, {**default_metadata(modules), **(metadata or {})}, overwrite)
+
+
+def write_tensors(tensors: Mapping[str, torch.Tensor], path, dtype: torch.dtype | None,
+                  metadata: Mapping[str, object], overwrite: bool) -> Path:
+    """Write a flat state dict and its metadata (strings; other values as JSON) as safetensors, atomically."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise LLLiteFileError(f"{path}: LLLite files are written as .safetensors")
-    tensors = {
-        f"{name}.{key}": (value if dtype is None else value.to(dtype)).detach().to("cpu").contiguous()
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
+    stored = {key: (value if dtype is None else value.to(dtype)).detach().to("cpu").contiguous()
+              for key, value in tensors.items()}
+    text = {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    return write_atomic(path, lambda temporary: save_file(stored, str(temporary), metadata=text), overwrite)
+
+
+def modelspec(architecture: str) -> dict[str, str]:
+    """The modelspec keys every file we write carries."""
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": architecture,
+        "modelspec.date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    merged = default_metadata(modules)
-    for key, value in (metadata or {}).items():
-        merged[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    return write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=merged), overwrite)
+
+
+def is_anima(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
+    """Whether a file holds an Anima (DiT) LLLite rather than an SDXL one: its keys or its modelspec say so."""
+    anima_keys = ("lllite_conditioning1.", "lllite_dit_", "lllite_modules.")
+    return (any(key.startswith(anima_keys) for key in tensors)
+            or str(metadata.get("modelspec.architecture", "")).startswith("anima"))

@@ -338,23 +338,30 @@ class LLLiteNetwork(ControlledNetwork):
         return fileformat.save(modules, path, dtype=dtype, metadata=merged, overwrite=overwrite)
 
 
-def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LLLiteNetwork:
-    """Read a kohya-format LLLite file (fp16, bf16 or fp32; safetensors, or a tensors-only pickle).
+def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Read a kohya-format LLLite file, SDXL's or Anima's (fp16, bf16 or fp32; safetensors, or a tensors-only pickle).
 
     Args:
         path: the ``.safetensors`` file (``.pt``/``.ckpt`` are read with ``weights_only=True``).
         dtype: dtype of the returned network's parameters.
         device: where to put them.
 
-    Returns the network in eval mode, ready for inference; call ``.train()`` to fine-tune it.
+    Returns an :class:`LLLiteNetwork` for an SDXL file, an :class:`lllite.anima.AnimaLLLiteNetwork` for an
+    Anima one (its architecture read from the file's ``lllite.*`` metadata), in eval mode, ready for
+    inference; call ``.train()`` to fine-tune it.
 
     Raises:
         lllite.fileformat.LLLiteFileError: not a usable LLLite file (the message says why).
         lllite.errors.InputMissingError: no file at ``path``.
     """
     tensors, metadata = fileformat.read_state_dict(path)
-    modules = fileformat.modules_from_state_dict(tensors, source=str(path))
-    return LLLiteNetwork(modules, metadata).to(device=device, dtype=dtype).eval()
+    if fileformat.is_anima(tensors, metadata):
+        from .anima.network import from_state_dict
+
+        network = from_state_dict(tensors, metadata, source=str(path))
+    else:
+        network = LLLiteNetwork(fileformat.modules_from_state_dict(tensors, source=str(path)), metadata)
+    return network.to(device=device, dtype=dtype).eval()
 
 
 def create_network(unet: nn.Module, cond_emb_dim: int = 32, network_dim: int = 64, up_path: bool = False,

@@ -86,3 +86,21 @@ def edges(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
     y, x = rng.integers(8, min(size) - 24, 2)
     array[y:y + 16, x] = array[y:y + 16, x + 16] = array[y, x:x + 16] = array[y + 16, x:x + 17] = 255
     return Image.fromarray(array)
+
+
+# Anima's DiT (diffusers' CosmosTransformer3DModel) at a size that runs in milliseconds: Anima's
+# patch, blocks and targets; concat_padding_mask off (it needs torchvision) and no learnable
+# positional table (its size follows max_size).
+TINY_ANIMA_CONFIG = dict(
+    in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=24, num_layers=2, mlp_ratio=2.0,
+    text_embed_dim=32, adaln_lora_dim=8, max_size=(4, 64, 64), patch_size=(1, 2, 2),
+    concat_padding_mask=False, extra_pos_embed_type=None,
+)
+
+
+@pytest.fixture
+def anima_transformer():
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(0)
+    return CosmosTransformer3DModel(**TINY_ANIMA_CONFIG).eval()
