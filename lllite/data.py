@@ -21,7 +21,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -636,7 +636,8 @@ class PairedDataset(torch.utils.data.Dataset):
     # -- caches ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def cache_latents(self, vae, cache_dir: str | Path | None = None, batch_size: int = 4, progress: bool = True) -> int:
+    def cache_latents(self, vae, cache_dir: str | Path | None = None, batch_size: int = 4, progress: bool = True,
+                      encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
         """Encode every training image once with ``vae``; samples then hold ``latents`` instead of ``image``.
 
         Latents are the mean of the VAE's distribution times its ``scaling_factor`` (0.13025 for SDXL).
@@ -647,6 +648,8 @@ class PairedDataset(torch.utils.data.Dataset):
             vae: a diffusers ``AutoencoderKL``, on the device and dtype to encode with.
             cache_dir: folder of ``.safetensors`` files kept between runs; None keeps them in memory.
             batch_size: images encoded together (same bucket).
+            encode: pixels (B, 3, H, W) in [-1, 1], on the VAE's device and dtype -> latents, for a model
+                whose latents are made otherwise (Anima's: :func:`lllite.anima.pipeline.encode_images`).
 
         Returns:
             How many images were encoded (not found in the cache).
@@ -679,7 +682,10 @@ class PairedDataset(torch.utils.data.Dataset):
                     item = self.items[index]
                     rendered.append(_to_tensor(_render(item.pair.image, IMAGE_BACKGROUND, item.placement, flip)))
                 pixels = torch.stack(rendered).to(parameter.device, parameter.dtype)
-                latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+                if encode is None:
+                    latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+                else:
+                    latents = encode(pixels)
                 if not torch.isfinite(latents).all():
                     raise FloatingPointError(
                         f"the VAE returned NaN/inf latents in {parameter.dtype} (SDXL's VAE overflows in float16); "
@@ -694,11 +700,17 @@ class PairedDataset(torch.utils.data.Dataset):
 
     @torch.no_grad()
     def cache_text_encoder_outputs(self, tokenizers, text_encoders, cache_dir: str | Path | None = None,
-                                   batch_size: int = 8, progress: bool = True) -> int:
+                                   batch_size: int = 8, progress: bool = True,
+                                   encode: Callable[[list[str]], dict[str, torch.Tensor]] | None = None) -> int:
         """Encode every caption once; samples then hold ``prompt_embeds`` and ``pooled_prompt_embeds``.
 
         Keyed by the caption and the tokenizers' and encoders' identity. The empty caption is cached
         too when a subset drops captions.
+
+        Args:
+            encode: captions -> tensors by name, one row per caption, for a model whose text conditioning
+                is made otherwise (Anima's ``encoder_hidden_states``: :func:`lllite.anima.pipeline.encode_prompts`);
+                the samples then hold those names.
 
         Returns:
             How many captions were encoded (not found in the cache).
@@ -713,10 +725,13 @@ class PairedDataset(torch.utils.data.Dataset):
         bar = tqdm(total=len(todo), desc="caching text-encoder outputs", disable=not progress, unit="caption")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            prompt_embeds, pooled = encode_prompts(tokenizers, text_encoders, chunk)
-            for caption, embeds, pool in zip(chunk, prompt_embeds, pooled):
-                store.put(keys[caption], {"prompt_embeds": embeds.float().cpu().contiguous(),
-                                          "pooled_prompt_embeds": pool.float().cpu().contiguous()})
+            if encode is None:
+                prompt_embeds, pooled = encode_prompts(tokenizers, text_encoders, chunk)
+                encoded = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+            else:
+                encoded = encode(chunk)
+            for row, caption in enumerate(chunk):
+                store.put(keys[caption], {name: value[row].float().cpu().contiguous() for name, value in encoded.items()})
             bar.update(len(chunk))
         bar.close()
         self._texts, self._text_keys = store, keys

@@ -17,8 +17,12 @@ import torch
 
 from .errors import InputMissingError, LLLiteError
 
-#: The name of the pretrained toy SDXL (:mod:`lllite.toy`), wherever a model's name or path is asked for.
+#: The name of the pretrained toy SDXL (:mod:`lllite.toy`), wherever a model's name or path is asked for;
+#: with ``model_family="anima"`` the toy Anima (:mod:`lllite.anima.toy`).
 TOY = "toy"
+#: What diffusers' modular pipelines (Anima's) write as their index; an SDXL folder has ``model_index.json``.
+MODULAR_INDEX = "modular_model_index.json"
+MODEL_FAMILIES = ("auto", "sdxl", "anima")
 
 
 class PipelineLoadError(LLLiteError):
@@ -26,8 +30,10 @@ class PipelineLoadError(LLLiteError):
 
 
 def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu", variant: str | None = None, what: str = "name_or_path"):
-    """A diffusers ``StableDiffusionXLPipeline``, on ``device``, with diffusers' own progress bar off.
+                  device: str | torch.device = "cpu", variant: str | None = None, what: str = "name_or_path",
+                  model_family: str = "auto"):
+    """A diffusers ``StableDiffusionXLPipeline`` (or Anima's ``AnimaModularPipeline``), on ``device``, with
+    diffusers' own progress bar off.
 
     Args:
         name_or_path: a hub id (``stabilityai/stable-diffusion-xl-base-1.0``), a local diffusers folder
@@ -37,14 +43,22 @@ def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype =
         device: where the pipeline's modules are placed.
         variant: the hub's weight variant, e.g. ``"fp16"`` (half the download); ignored for single files.
         what: how error messages name the argument, e.g. ``"pretrained_model_name_or_path"`` or ``"--model"``.
+        model_family: ``"sdxl"``, ``"anima"`` (see :func:`lllite.anima.pipeline.load_anima_pipeline`), or
+            ``"auto"``: Anima for a folder with ``modular_model_index.json``, else SDXL.
 
     Raises:
         InputMissingError: ``"toy"`` and the toy's weights are missing (the message says how to make them).
         PipelineLoadError: anything else that does not load; the message says what was tried.
     """
+    if model_family not in MODEL_FAMILIES:
+        raise LLLiteError(f"model_family {model_family!r} is not one of {list(MODEL_FAMILIES)}")
+    path = Path(name_or_path).expanduser()
+    if model_family == "anima" or (model_family == "auto" and (path / MODULAR_INDEX).is_file()):
+        from .anima.pipeline import load_anima_pipeline
+
+        return load_anima_pipeline(name_or_path, dtype=dtype, device=device, what=what)
     from diffusers import StableDiffusionXLPipeline
 
-    path = Path(name_or_path).expanduser()
     if str(name_or_path) == TOY and not path.exists():
         from .toy import pipeline as toy
 

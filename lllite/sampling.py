@@ -121,12 +121,35 @@ def _mask_record(mask: torch.Tensor | None):
     return {"height": mask.shape[-2], "width": mask.shape[-1], "coverage": round(float(mask.mean()), 4)}
 
 
-def _pixel_size(control: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
+def _is_anima(pipe) -> bool:
+    from .anima.names import is_anima_transformer
+
+    transformer = getattr(pipe, "transformer", None)
+    return transformer is not None and is_anima_transformer(transformer)
+
+
+def _pixel_size(control: torch.Tensor, height: int | None, width: int | None, anima: bool) -> tuple[int, int]:
     height = height or control.shape[-2]
     width = width or control.shape[-1]
-    if height % 8 or width % 8:
-        raise LLLiteError(f"height and width must be multiples of 8 (SDXL's VAE), got {height}x{width}")
+    multiple, why = (16, "Anima's VAE and 2x2 patches") if anima else (8, "SDXL's VAE")
+    if height % multiple or width % multiple:
+        raise LLLiteError(f"height and width must be multiples of {multiple} ({why}), got {height}x{width}")
     return height, width
+
+
+def _run(pipe, prompts, negatives, height, width, num_inference_steps, guidance_scale, seeds) -> list[Image.Image]:
+    """The pipeline's own call: SDXL's ``pipe(...)``, or Anima's modular pipeline (its guider calls the DiT
+    once per guidance branch)."""
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if _is_anima(pipe):
+        from .anima.pipeline import generate as anima_generate
+
+        return anima_generate(pipe, prompts, negative_prompt=[""] * len(prompts) if negatives is None else negatives,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              height=height, width=width, generator=generators)
+    return pipe(prompt=prompts, negative_prompt=negatives, height=height, width=width,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generators,
+                output_type="pil").images
 
 
 @torch.no_grad()
@@ -147,15 +170,16 @@ def generate(
     height: int | None = None,
     width: int | None = None,
 ) -> list[Image.Image]:
-    """Generate images with one or more LLLite networks applied to an SDXL pipeline.
+    """Generate images with one or more LLLite networks applied to an SDXL or Anima pipeline.
 
     The networks are attached for the call when they are not attached yet, and left as they were
     (control image, multiplier, mask, step range, attachment) afterwards. Several networks add up,
     each with its own control, multiplier and mask (canny on the left, depth on the right).
 
     Args:
-        pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature).
-        networks: one :class:`LLLiteNetwork` or a list of them.
+        pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature), or an Anima
+            pipeline (``AnimaModularPipeline``, see :mod:`lllite.anima.pipeline`).
+        networks: one :class:`LLLiteNetwork` (or :class:`lllite.anima.AnimaLLLiteNetwork`) or a list of them.
         control: the control image (PIL, uint8 numpy, or tensor in [-1, 1]; see
             :meth:`LLLiteNetwork.set_cond_image`) for one network; a list with one per network for
             several. A batch of images gives one control per generated image.
@@ -185,7 +209,8 @@ def generate(
                    enumerate(_per_network(multiplier, len(networks), "multiplier", _one_multiplier))]
     masks = [None if m is None else to_mask_tensor(m, f"mask[{i}]" if len(networks) > 1 else "mask")
              for i, m in enumerate(_per_network(mask, len(networks), "mask", lambda m: not isinstance(m, (list, tuple))))]
-    controls = [to_control_tensor(c, f"control[{i}]") for i, c in enumerate(controls)]
+    controls = [to_control_tensor(c, f"control[{i}]", channels=n.cond_in_channels)
+                for i, (c, n) in enumerate(zip(controls, networks))]
     prompts = [str(p) for p in _as_list(prompt, "prompt")]
     seeds = [int(s) for s in _as_list(seed, "seed")]
     count = max(len(prompts), len(seeds))
@@ -200,19 +225,10 @@ def generate(
         if len(negatives) not in (1, count):
             raise LLLiteError(f"negative_prompt: give one or {count} values (one per image), got {len(negatives)}")
         negatives = negatives * count if len(negatives) == 1 else negatives
-    height, width = _pixel_size(controls[0], height, width)
+    height, width = _pixel_size(controls[0], height, width, _is_anima(pipe))
 
     with _controlled(pipe, networks, controls, multipliers, masks, control_guidance_start, control_guidance_end):
-        images = pipe(
-            prompt=prompts,
-            negative_prompt=negatives,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
-            output_type="pil",
-        ).images
+        images = _run(pipe, prompts, negatives, height, width, num_inference_steps, guidance_scale, seeds)
     records = [_multiplier_record(m) for m in multipliers]
     mask_records = [_mask_record(m) for m in masks]
     names = [n.metadata.get("ss_output_name") or n.metadata.get("lllite.name") or f"network {i}" for i, n in enumerate(networks)]

@@ -1,12 +1,14 @@
-"""Train a ControlNet-LLLite network on a frozen SDXL: the whole loop, top to bottom.
+"""Train a ControlNet-LLLite network on a frozen SDXL or Anima: the whole loop, top to bottom.
 
     python -m lllite.train --config my_lllite.toml
     python -m lllite.train --config my_lllite.toml --resume          # continue from the latest checkpoint
     accelerate launch --num_processes 2 -m lllite.train --config my_lllite.toml   # several GPUs (DDP)
 
-Options carry kohya's names (``TrainConfig``). Only the LLLite network trains; the UNet, VAE and
-text encoders are frozen. The objective is SDXL's (:mod:`lllite.objective`): DDPM noise, epsilon
-prediction, micro-conditioning time ids.
+Options carry kohya's names (``TrainConfig``). Only the LLLite network trains; the denoising model,
+VAE and text encoders are frozen. The loop is the same for both model families; what differs (the
+models, the data's encoding, the network, the objective) is a family's :class:`SDXLTraining` or
+:class:`lllite.anima.training.AnimaTraining`. SDXL's objective (:mod:`lllite.objective`): DDPM noise,
+epsilon prediction, micro-conditioning time ids; Anima's (:mod:`lllite.anima.objective`): rectified flow.
 
 Every random draw (data order per epoch, flips and caption dropout, noise, timesteps) is a function
 of ``seed`` and the step, so a run killed at any point and resumed from a checkpoint ends with the
@@ -46,6 +48,8 @@ from .objective import (LR_SCHEDULERS, TIMESTEP_SAMPLINGS, loss_weights, lr_fact
                         sample_noise, sample_timesteps, signal_to_noise)
 from .pipelines import load_pipeline
 
+MODEL_FAMILIES = ("auto", "sdxl", "anima")
+
 OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
@@ -63,14 +67,25 @@ class TrainConfig:
 
     Args:
         pretrained_model_name_or_path: hub id, local diffusers folder, single-file checkpoint
-            (``.safetensors``/``.ckpt``), or ``"toy"`` for the pretrained toy SDXL.
+            (``.safetensors``/``.ckpt``), or ``"toy"`` for the pretrained toy SDXL (the toy Anima with
+            ``model_family = "anima"``).
+        model_family: ``"sdxl"``, ``"anima"``, or ``"auto"``: Anima for a folder saved by diffusers' modular
+            pipeline (``modular_model_index.json``) or a pipeline given in memory that is one, else SDXL.
         dataset_config: kohya dataset TOML (``[[datasets]]`` / ``[[datasets.subsets]]``), or
             :class:`lllite.data.DatasetConfig` objects.
         output_dir, output_name: the trained file is ``output_dir/output_name.safetensors``.
         cond_emb_dim: channels of the conditioning embedding (32 for canny).
         network_dim: width of the modules' projections (kohya's rank; 64 for canny, ~half for depth).
-        up_path: also adapt the up path's transformer blocks (kohya: down path and middle only).
-        learning_rate: AdamW learning rate.
+        up_path: also adapt the up path's transformer blocks (kohya: down path and middle only; SDXL only).
+        lllite_target_layers: Anima: the Linears adapted, a preset (``self_attn_q``, ``self_attn_qkv``,
+            ``self_attn_qkv_cross_q``) or a comma list of ``self_attn_q_pre``, ``self_attn_kv_pre``,
+            ``cross_attn_q_pre``, ``mlp_fc1_pre``.
+        lllite_cond_dim: Anima: width of the shared conditioning trunk (64).
+        lllite_cond_resblocks: Anima: ResBlocks in the trunk (1).
+        lllite_use_aspp: Anima: end the trunk with ASPP (multi-scale and global context).
+        lllite_dropout: Anima: dropout on each module's mid output while training (None: off).
+        learning_rate: AdamW learning rate; by default 2e-4 for SDXL (kohya's canny recipe) and 1e-4 for
+            Anima (kohya's recommended start).
         max_train_steps: optimizer steps; ``max_train_epochs`` overrides it when set.
         max_train_epochs: passes over the dataset.
         max_train_seconds: stop after this much training time (checked between steps); a resumed run
@@ -90,16 +105,24 @@ class TrainConfig:
             stopped by its time budget still ends at a low learning rate.
         lr_warmup_steps: steps of linear warmup.
         max_grad_norm: clip the gradient norm to this (0 switches clipping off).
-        noise_offset: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
-        min_snr_gamma: min-SNR loss weighting with this gamma (5 is usual); None = off.
-        debiased_estimation_loss: weight each sample's loss by ``1 / sqrt(SNR)`` (SNR capped at 1000):
+        noise_offset: SDXL: adds ``noise_offset * N(0, 1)`` per image and channel to the noise (0 = off).
+        min_snr_gamma: SDXL: min-SNR loss weighting with this gamma (5 is usual); None = off.
+        debiased_estimation_loss: SDXL: weight each sample's loss by ``1 / sqrt(SNR)`` (SNR capped at 1000):
             the noise-prediction loss hardly sees the layout at high noise, and this weight restores it.
-        timestep_sampling: ``"uniform"`` (SDXL's objective) or ``"cubic"``: ``t = (1 - u^3) * 1000`` draws
-            noisy timesteps more often, where the layout of the image is decided (as T2I-Adapter does).
+        timestep_sampling: SDXL: ``"uniform"`` (its objective, the default) or ``"cubic"``: ``t = (1 - u^3) * 1000``
+            draws noisy timesteps more often, where the layout of the image is decided (as T2I-Adapter does).
+            Anima: ``"sigmoid"`` (kohya's default), ``"uniform"``, ``"shift"``, ``"flux_shift"`` or ``"sigma"``
+            (see :mod:`lllite.anima.objective`).
+        discrete_flow_shift: Anima: the shift of ``shift`` and ``sigma`` sampling (kohya's default 1.0; 3.0 is
+            the scheduler's, favouring noisy levels).
+        sigmoid_scale: Anima: scale of the normal draw of ``sigmoid``, ``shift`` and ``flux_shift`` sampling (1.0).
+        weighting_scheme: Anima: loss weight of the noise level: ``"none"`` (kohya's default), ``"sigma_sqrt"``
+            or ``"cosmap"``.
         seed: seeds the network's init and every random draw of the run.
         save_every_n_steps: write a checkpoint (weights + optimizer state) and a kohya file this often.
         checkpoints_total_limit: checkpoints kept; older ones are deleted.
-        save_precision: dtype of the written LLLite files: ``fp16`` (as published), ``bf16`` or ``float``.
+        save_precision: dtype of the written LLLite files: ``fp16``, ``bf16`` or ``float``; by default fp16
+            for SDXL (as published) and bf16 for Anima (as kohya's bf16 training writes).
         sample_every_n_steps: write a validation grid (control, strength 0, strength 1) this often.
         num_validation_images: dataset samples shown in the validation grid.
         sample_num_inference_steps, sample_guidance_scale, sample_seed: how validation images are made.
@@ -113,13 +136,19 @@ class TrainConfig:
     """
 
     pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    model_family: str = "auto"
     dataset_config: str | DatasetConfig | list[DatasetConfig] | None = None
     output_dir: str = "output"
     output_name: str = "lllite"
     cond_emb_dim: int = 32
     network_dim: int = 64
     up_path: bool = False
-    learning_rate: float = 2e-4
+    lllite_target_layers: str = "self_attn_q"
+    lllite_cond_dim: int = 64
+    lllite_cond_resblocks: int = 1
+    lllite_use_aspp: bool = False
+    lllite_dropout: float | None = None
+    learning_rate: float | None = None
     max_train_steps: int = 1600
     max_train_epochs: int | None = None
     max_train_seconds: float | None = None
@@ -138,11 +167,14 @@ class TrainConfig:
     noise_offset: float = 0.0
     min_snr_gamma: float | None = None
     debiased_estimation_loss: bool = False
-    timestep_sampling: str = "uniform"
+    timestep_sampling: str | None = None
+    discrete_flow_shift: float = 1.0
+    sigmoid_scale: float = 1.0
+    weighting_scheme: str = "none"
     seed: int = 42
     save_every_n_steps: int | None = None
     checkpoints_total_limit: int = 2
-    save_precision: str = "fp16"
+    save_precision: str | None = None
     sample_every_n_steps: int | None = None
     num_validation_images: int = 4
     sample_num_inference_steps: int = 20
@@ -156,14 +188,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "timestep_sampling": TIMESTEP_SAMPLINGS,
-                   "mixed_precision": MIXED_PRECISIONS, "save_precision": tuple(SAVE_PRECISIONS)}
+        from .anima.objective import TIMESTEP_SAMPLINGS as FLOW_SAMPLINGS, WEIGHTING_SCHEMES
+
+        choices = {"optimizer_type": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
+                   "timestep_sampling": (None, *TIMESTEP_SAMPLINGS, *FLOW_SAMPLINGS), "model_family": MODEL_FAMILIES,
+                   "mixed_precision": MIXED_PRECISIONS, "save_precision": (None, *SAVE_PRECISIONS),
+                   "weighting_scheme": WEIGHTING_SCHEMES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise TrainError(f"{name} = {value!r} is not one of {list(allowed)}")
         positive = ["cond_emb_dim", "network_dim", "max_train_steps", "gradient_accumulation_steps",
-                    "checkpoints_total_limit", "sample_num_inference_steps"]
+                    "checkpoints_total_limit", "sample_num_inference_steps", "lllite_cond_dim"]
         positive += [n for n in ("max_train_epochs", "train_batch_size", "save_every_n_steps", "sample_every_n_steps")
                      if getattr(self, n) is not None]
         for name in positive:
@@ -171,10 +207,15 @@ class TrainConfig:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cond_emb_dim % 2:
             raise TrainError(f"cond_emb_dim must be even (the first conv has cond_emb_dim / 2 channels), got {self.cond_emb_dim}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise TrainError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lllite_dropout is not None and not 0 <= self.lllite_dropout < 1:
+            raise TrainError(f"lllite_dropout must be in [0, 1), got {self.lllite_dropout}")
+        for name in ("discrete_flow_shift", "sigmoid_scale"):
+            if not getattr(self, name) > 0:
+                raise TrainError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("lr_warmup_steps", "max_grad_norm", "noise_offset", "weight_decay", "num_validation_images",
-                     "max_data_loader_n_workers"):
+                     "max_data_loader_n_workers", "lllite_cond_resblocks"):
             if getattr(self, name) < 0:
                 raise TrainError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_train_seconds is not None and not self.max_train_seconds > 0:
@@ -230,9 +271,9 @@ def pixel_multiple(pipe) -> int:
     return int(getattr(pipe, "vae_scale_factor", 8)) * 2 ** (levels - 1)
 
 
-def check_resolutions(dataset: PairedDataset, pipe, source: str) -> None:
-    """Raise :class:`TrainError` when a bucket's size cannot pass through the VAE and the UNet's levels."""
-    multiple = pixel_multiple(pipe)
+def check_resolutions(dataset: PairedDataset, multiple: int, source: str) -> None:
+    """Raise :class:`TrainError` when a bucket's size is not a multiple of ``multiple`` pixels (what passes through
+    the VAE and the UNet's levels, or the DiT's patches)."""
     for index in range(len(dataset)):
         dataset_index, (width, height) = dataset.bucket_of(index)
         if width % multiple or height % multiple:
@@ -240,25 +281,6 @@ def check_resolutions(dataset: PairedDataset, pipe, source: str) -> None:
                 f"{source}: dataset {dataset_index} trains at {width}x{height} px, but this model needs sides that are "
                 f"multiples of {multiple} px; set resolution and bucket_reso_steps to multiples of {multiple}"
             )
-
-
-class ControlledUNet(nn.Module):
-    """The frozen UNet and the LLLite network as one module, so that DDP sees a forward and syncs the network.
-
-    The network works through hooks inside the UNet; wrapping the bare network in DDP would never
-    call its forward, and its gradients would never be averaged.
-    """
-
-    def __init__(self, unet: nn.Module, network: LLLiteNetwork, compile: bool = False):
-        super().__init__()
-        # compiled after the network is attached: dynamo does not watch hooks
-        self.unet = torch.compile(unet, fullgraph=True) if compile else unet
-        self.network = network
-
-    def forward(self, noisy_latents, timesteps, control, prompt_embeds, pooled_prompt_embeds, time_ids):
-        self.network.set_cond_image(control)
-        added = {"text_embeds": pooled_prompt_embeds, "time_ids": time_ids}
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added).sample
 
 
 def freeze(pipe, device: torch.device, weight_dtype: torch.dtype, gradient_checkpointing: bool) -> torch.dtype:
@@ -278,21 +300,170 @@ def freeze(pipe, device: torch.device, weight_dtype: torch.dtype, gradient_check
     return vae_dtype
 
 
-def restore_encoders(pipe) -> None:
-    """Bring offloaded VAE and text encoders back to the UNet's device: the pipeline can sample again."""
-    for model in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        model.to(pipe.unet.device)
+@dataclass
+class Draw:
+    """One micro-batch's inputs to the denoising model and its target, drawn from the step's generator.
+
+    Attributes:
+        noisy: the noised latents, in the model's dtype.
+        timesteps: the model's timestep argument (SDXL: int64 in [0, 1000); Anima: the noise level in (0, 1)).
+        target: what the model should predict (SDXL: the noise; Anima: the velocity ``noise - latents``).
+        weights: per-sample loss weights, or None.
+        conditioning: the model's text conditioning by argument name, in the model's dtype.
+    """
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
+    weights: torch.Tensor | None
+    conditioning: dict[str, torch.Tensor]
 
 
-def offload_encoders(pipe, config: TrainConfig) -> None:
+class SDXLTraining:
+    """What the training loop needs of SDXL: its parts, the data's encoding, the network and the objective.
+
+    Args:
+        pipe: an SDXL pipeline.
+        config: the run's settings (the family's defaults filled in).
+    """
+
+    name = "SDXL"
+    defaults = {"learning_rate": 2e-4, "timestep_sampling": "uniform", "save_precision": "fp16"}
+    timestep_samplings = TIMESTEP_SAMPLINGS
+    #: Options of the other family, which SDXL refuses when they are not at their defaults.
+    foreign = ("lllite_target_layers", "lllite_cond_dim", "lllite_cond_resblocks", "lllite_use_aspp", "lllite_dropout",
+               "discrete_flow_shift", "sigmoid_scale", "weighting_scheme")
+
+    def __init__(self, pipe, config: TrainConfig):
+        self.pipe, self.config = pipe, config
+        self.vae_dtype = self.weight_dtype = torch.float32
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.pipe.unet
+
+    @property
+    def encoders(self) -> tuple[nn.Module, ...]:
+        return self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2
+
+    def check(self, name: str) -> None:
+        check_sdxl(self.pipe, name)
+
+    def freeze(self, device: torch.device, weight_dtype: torch.dtype) -> None:
+        self.weight_dtype = weight_dtype
+        self.vae_dtype = freeze(self.pipe, device, weight_dtype, self.config.gradient_checkpointing)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return pixel_multiple(self.pipe)
+
+    def cache(self, dataset: PairedDataset, accelerator, progress: bool) -> None:
+        config, pipe = self.config, self.pipe
+        if config.cache_latents:
+            cache = Path(config.output_dir) / "cache" / "latents" if config.cache_latents_to_disk else None
+            with accelerator.main_process_first():
+                dataset.cache_latents(pipe.vae, cache, progress=progress)
+        if config.cache_text_encoder_outputs:
+            dataset.cache_text_encoder_outputs([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                                               progress=progress)
+
+    def create_network(self) -> LLLiteNetwork:
+        config = self.config
+        return create_network(self.pipe.unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path)
+
+    def prepare(self, device: torch.device) -> None:
+        self.ddpm = noise_scheduler()
+        self.alphas_cumprod = self.ddpm.alphas_cumprod.to(device)
+
+    def draw(self, batch: dict, generator: torch.Generator, device: torch.device) -> Draw:
+        latents, prompt_embeds, pooled, time_ids = encode_batch(batch, self.pipe, self.vae_dtype, device)
+        noise = sample_noise(latents.shape, generator, self.config.noise_offset).to(device)
+        timesteps = sample_timesteps(self.config.timestep_sampling, len(latents), generator).to(device)
+        noisy = self.ddpm.add_noise(latents, noise, timesteps)
+        weights = loss_weights(signal_to_noise(self.alphas_cumprod[timesteps]), min_snr_gamma=self.config.min_snr_gamma,
+                               debiased=self.config.debiased_estimation_loss)
+        dtype = self.weight_dtype
+        conditioning = {"prompt_embeds": prompt_embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                        "time_ids": time_ids.to(dtype)}
+        return Draw(noisy.to(dtype), timesteps, noise, weights, conditioning)
+
+    @staticmethod
+    def denoise(unet: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: dict) -> torch.Tensor:
+        added = {"text_embeds": conditioning["pooled_prompt_embeds"], "time_ids": conditioning["time_ids"]}
+        return unet(noisy, timesteps, encoder_hidden_states=conditioning["prompt_embeds"], added_cond_kwargs=added).sample
+
+    def metadata(self) -> dict[str, str]:
+        config = self.config
+        return {"ss_network_module": "networks.control_net_lllite", "ss_noise_offset": str(config.noise_offset),
+                "ss_min_snr_gamma": str(config.min_snr_gamma), "ss_debiased_estimation": str(config.debiased_estimation_loss)}
+
+
+def training_for(config: TrainConfig, pipe=None):
+    """The pipeline (loaded from ``config`` when not given) and its family's training: :class:`SDXLTraining` or
+    :class:`lllite.anima.training.AnimaTraining`, with the family's defaults filled into the config."""
+    from .anima.names import is_anima_pipeline
+
+    if pipe is None:
+        pipe = load_pipeline(config.pretrained_model_name_or_path, model_family=config.model_family,
+                             what="pretrained_model_name_or_path")
+    anima = is_anima_pipeline(pipe)
+    if config.model_family != "auto" and anima != (config.model_family == "anima"):
+        raise TrainError(f"model_family = {config.model_family!r}, but the pipeline is "
+                         f"{'Anima' if anima else 'not Anima'} ({type(pipe).__name__})")
+    if anima:
+        from .anima.training import AnimaTraining as kind
+    else:
+        kind = SDXLTraining
+    defaults = TrainConfig()
+    changed = [option for option in kind.foreign if getattr(config, option) != getattr(defaults, option)]
+    if changed:
+        raise TrainError(f"{', '.join(changed)}: not an option of {kind.name} training (the model is {kind.name}; "
+                         "see TrainConfig for which options belong to which model)")
+    filled = {key: value for key, value in kind.defaults.items() if getattr(config, key) is None}
+    config = dataclasses.replace(config, **filled)
+    if config.timestep_sampling not in kind.timestep_samplings:
+        raise TrainError(f"timestep_sampling = {config.timestep_sampling!r} is not one of {kind.name}'s: "
+                         f"{list(kind.timestep_samplings)}")
+    return pipe, kind(pipe, config)
+
+
+class ControlledModel(nn.Module):
+    """The frozen denoising model and the LLLite network as one module, so that DDP sees a forward and syncs
+    the network.
+
+    The network works through hooks inside the model; wrapping the bare network in DDP would never
+    call its forward, and its gradients would never be averaged.
+    """
+
+    def __init__(self, training, network: nn.Module, compile: bool = False):
+        super().__init__()
+        # compiled after the network is attached: dynamo does not watch hooks
+        self.model = torch.compile(training.denoiser, fullgraph=True) if compile else training.denoiser
+        self.network = network
+        self.denoise = training.denoise
+
+    def forward(self, noisy, timesteps, control, conditioning: dict):
+        self.network.set_cond_image(control)
+        return self.denoise(self.model, noisy, timesteps, conditioning)
+
+
+def restore_encoders(training) -> None:
+    """Bring offloaded VAE and text encoders back to the denoising model's device: the pipeline can sample again."""
+    for model in training.encoders:
+        model.to(training.denoiser.device)
+
+
+def offload_encoders(training) -> None:
     """On a GPU, move the VAE and the text encoders to the CPU when the dataset caches their outputs."""
-    if pipe.unet.device.type != "cuda":
+    config = training.config
+    if training.denoiser.device.type != "cuda":
         return
+    vae, *text = training.encoders
     if config.cache_latents:
-        pipe.vae.to("cpu")
+        vae.to("cpu")
     if config.cache_text_encoder_outputs:
-        pipe.text_encoder.to("cpu")
-        pipe.text_encoder_2.to("cpu")
+        for model in text:
+            model.to("cpu")
 
 
 # ------------------------------------------------------------------------------------------ randomness and data
@@ -348,20 +519,14 @@ def _dataset_configs(config: TrainConfig) -> tuple[list[DatasetConfig], str]:
     return configs, name
 
 
-def load_dataset(config: TrainConfig, pipe, accelerator) -> tuple[PairedDataset, str]:
+def load_dataset(config: TrainConfig, training, accelerator) -> tuple[PairedDataset, str]:
     """The dataset and the name it goes by in messages, checked against the model's sizes, with latents and
     text embeddings cached as ``config`` asks (the main process fills a disk cache before the others read it)."""
     configs, name = _dataset_configs(config)
     progress = config.progress and accelerator.is_main_process
     dataset = PairedDataset(configs, seed=config.seed, progress=progress)
-    check_resolutions(dataset, pipe, name)
-    if config.cache_latents:
-        cache = Path(config.output_dir) / "cache" / "latents" if config.cache_latents_to_disk else None
-        with accelerator.main_process_first():
-            dataset.cache_latents(pipe.vae, cache, progress=progress)
-    if config.cache_text_encoder_outputs:
-        dataset.cache_text_encoder_outputs([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
-                                           progress=progress)
+    check_resolutions(dataset, training.pixel_multiple, name)
+    training.cache(dataset, accelerator, progress)
     return dataset, name
 
 
@@ -456,11 +621,13 @@ def checkpoint(accelerator, network: LLLiteNetwork, optimizer, config: TrainConf
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def run_metadata(config: TrainConfig, dataset: PairedDataset, dataset_name: str, mixed_precision: str) -> dict[str, str]:
-    """kohya's ``ss_*`` metadata of the run; :func:`save_network` adds the step and epoch of each file."""
+def run_metadata(config: TrainConfig, dataset: PairedDataset, dataset_name: str, mixed_precision: str,
+                 family: dict[str, str]) -> dict[str, str]:
+    """kohya's ``ss_*`` metadata of the run, with the model family's own keys (``family``); :func:`save_network`
+    adds the step and epoch of each file."""
     resolutions = sorted({tuple(c.resolution) for c in dataset.configs})
     return {
-        "ss_network_module": "networks.control_net_lllite",
+        **family,
         "ss_output_name": config.output_name,
         "ss_sd_model_name": str(config.pretrained_model_name_or_path),
         "ss_cond_emb_dim": str(config.cond_emb_dim),
@@ -475,9 +642,6 @@ def run_metadata(config: TrainConfig, dataset: PairedDataset, dataset_name: str,
         "ss_resolution": json.dumps(resolutions[0] if len(resolutions) == 1 else resolutions),
         "ss_mixed_precision": mixed_precision,
         "ss_seed": str(config.seed),
-        "ss_noise_offset": str(config.noise_offset),
-        "ss_min_snr_gamma": str(config.min_snr_gamma),
-        "ss_debiased_estimation": str(config.debiased_estimation_loss),
         "ss_timestep_sampling": config.timestep_sampling,
         "ss_dataset_config": dataset_name,
     }
@@ -542,17 +706,18 @@ def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config
     return image_grid(rows, ["control", "strength 0", "strength 1"], labels, title=f"step {step}")
 
 
-def validate(accelerator, pipe, network: LLLiteNetwork, dataset: PairedDataset, config: TrainConfig, step: int) -> None:
+def validate(accelerator, training, network: LLLiteNetwork, dataset: PairedDataset, step: int) -> None:
     """On the main process, write the validation grid of ``step`` to ``output_dir/samples`` (offloaded
     encoders visit the GPU for it); every process waits for it."""
     if accelerator.is_main_process:
         from .sampling import save_png
 
-        restore_encoders(pipe)
+        config = training.config
+        restore_encoders(training)
         with accelerator.autocast():
-            grid = validation_grid(pipe, network, dataset, config, step)
+            grid = validation_grid(training.pipe, network, dataset, config, step)
         save_png(grid, Path(config.output_dir) / "samples" / f"{config.output_name}-step{step:08d}.png", overwrite=True)
-        offload_encoders(pipe, config)
+        offload_encoders(training)
     accelerator.wait_for_everyone()
 
 
@@ -652,7 +817,7 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
 
     Args:
         config: the run's settings.
-        pipe: an SDXL pipeline already in memory (e.g. the toy); by default it is loaded from
+        pipe: an SDXL or Anima pipeline already in memory (e.g. a toy); by default it is loaded from
             ``config.pretrained_model_name_or_path``. Its models are frozen and moved to the training device.
         on_step: called on the main process after every optimizer step with the step number and its
             loss (averaged over processes), e.g. to redraw a loss plot in a notebook.
@@ -674,28 +839,29 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
 
-    # 1. The frozen model, in the half type when mixed precision is on (the network stays float32).
-    if pipe is None:
-        pipe = load_pipeline(config.pretrained_model_name_or_path, what="pretrained_model_name_or_path")
-    check_sdxl(pipe, repr(config.pretrained_model_name_or_path))
+    # 1. The frozen model (SDXL or Anima: its family fills in its defaults), in the half type when mixed
+    # precision is on (the network stays float32).
+    pipe, training = training_for(config, pipe)
+    config = training.config
+    training.check(repr(config.pretrained_model_name_or_path))
     weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
-    vae_dtype = freeze(pipe, device, weight_dtype, config.gradient_checkpointing)
+    training.freeze(device, weight_dtype)
 
     # 2. The data, checked against the model; caches let the VAE and text encoders leave the GPU.
-    dataset, dataset_name = load_dataset(config, pipe, accelerator)
-    offload_encoders(pipe, config)
+    dataset, dataset_name = load_dataset(config, training, accelerator)
+    offload_encoders(training)
     sampler = BucketBatchSampler(dataset, shuffle=True, seed=config.seed)
     accumulation = config.gradient_accumulation_steps
     steps_per_epoch = max(1, len(epoch_batches(sampler, 0)) // (world * accumulation))
     max_steps = config.max_train_epochs * steps_per_epoch if config.max_train_epochs else config.max_train_steps
-    metadata = run_metadata(config, dataset, dataset_name, accelerator.mixed_precision)
+    metadata = run_metadata(config, dataset, dataset_name, accelerator.mixed_precision, training.metadata())
 
     # 3. The network: seeded, attached through hooks, float32 whatever the model's dtype.
     torch.manual_seed(config.seed)
-    network = create_network(pipe.unet, config.cond_emb_dim, config.network_dim, up_path=config.up_path).to(device)
-    network.apply_to(pipe.unet)
+    network = training.create_network().to(device)
+    network.apply_to(training.denoiser)
     network.train()
-    model = ControlledUNet(pipe.unet, network, compile=config.compile)
+    model = ControlledModel(training, network, compile=config.compile)
     optimizer = make_optimizer(config.optimizer_type, network.parameters(), config.learning_rate, config.weight_decay,
                                device, accelerator.print)
     step, losses, seconds_before = 0, [], 0.0
@@ -710,8 +876,7 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         accelerator.scaler.load_state_dict(state["scaler"])
     if tensorboard:
         accelerator.init_trackers("lllite", config={k: v for k, v in vars(config).items() if isinstance(v, (int, float, str, bool))})
-    ddpm = noise_scheduler()
-    alphas_cumprod = ddpm.alphas_cumprod.to(device)
+    training.prepare(device)
 
     # 4. The loop: one optimizer step per iteration; its data and draws depend on (seed, step) alone,
     # its learning rate on the step and the share of the time budget used.
@@ -733,17 +898,11 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         for micro, batch in enumerate(next(batches)):
             generator = step_generator(config.seed, step, micro, rank)
             with torch.no_grad():
-                latents, prompt_embeds, pooled, time_ids = encode_batch(batch, pipe, vae_dtype, device)
-                noise = sample_noise(latents.shape, generator, config.noise_offset).to(device)
-                timesteps = sample_timesteps(config.timestep_sampling, len(latents), generator).to(device)
-                noisy = ddpm.add_noise(latents, noise, timesteps)
+                draw = training.draw(batch, generator, device)
             # Gradients are averaged over the processes once per step, in the last micro-batch's backward.
             with contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model):
-                prediction = model(noisy.to(weight_dtype), timesteps, batch["conditioning_image"].to(device),
-                                   prompt_embeds.to(weight_dtype), pooled.to(weight_dtype), time_ids.to(weight_dtype))
-                weights = loss_weights(signal_to_noise(alphas_cumprod[timesteps]), min_snr_gamma=config.min_snr_gamma,
-                                       debiased=config.debiased_estimation_loss)
-                loss = noise_loss(prediction, noise, weights) / accumulation
+                prediction = model(draw.noisy, draw.timesteps, batch["conditioning_image"].to(device), draw.conditioning)
+                loss = noise_loss(prediction, draw.target, draw.weights) / accumulation
                 accelerator.backward(loss)
             step_loss += loss.detach()
         step_loss = accelerator.reduce(step_loss, "mean").item()
@@ -765,18 +924,18 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
             checkpoint(accelerator, network, optimizer, config, metadata, step, steps_per_epoch, losses,
                        seconds_before + time.monotonic() - started)
         if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
-            validate(accelerator, pipe, network, dataset, config, step)
+            validate(accelerator, training, network, dataset, step)
         used = time_used(seconds_before + time.monotonic() - started, config.max_train_seconds, accelerator)
     bar.close()
     train_seconds = time.monotonic() - started
 
     weights = save_network(network, final, config, metadata, step, steps_per_epoch, losses) if main else None
     if config.sample_every_n_steps and step % config.sample_every_n_steps:
-        validate(accelerator, pipe, network, dataset, config, step)
+        validate(accelerator, training, network, dataset, step)
     accelerator.wait_for_everyone()
     if tensorboard:
         accelerator.end_training()
-    restore_encoders(pipe)  # a notebook samples from the same pipeline next
+    restore_encoders(training)  # a notebook samples from the same pipeline next
     network.eval()
     return TrainResult(network, weights, step, losses, train_seconds, stopped_by)
 

@@ -81,6 +81,12 @@ def is_anima_transformer(model: nn.Module) -> bool:
             and hasattr(model, "patch_embed") and all(hasattr(blocks[0], a) for a in ("attn1", "attn2", "ff")))
 
 
+def is_anima_pipeline(pipe) -> bool:
+    """Whether ``pipe`` is an Anima pipeline: its ``transformer`` is Anima's DiT."""
+    transformer = getattr(pipe, "transformer", None)
+    return isinstance(transformer, nn.Module) and is_anima_transformer(getattr(transformer, "_orig_mod", transformer))
+
+
 def find_targets(transformer: nn.Module, atomics: tuple[str, ...]) -> dict[str, Target]:
     """Every Linear the atomics select in an Anima transformer, by kohya module name, in kohya's module order."""
     if not is_anima_transformer(transformer):
