@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -58,3 +60,34 @@ def write_bytes_atomic(path, data: bytes, overwrite: bool = True) -> Path:
 def write_text_atomic(path, text: str, overwrite: bool = True) -> Path:
     """:func:`write_atomic` for UTF-8 text."""
     return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite)
+
+
+def write_folder_atomic(path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_folder)`` for a hidden folder beside ``path``, then swap it in for ``path``.
+
+    A crash never leaves half a folder: ``path`` holds the old content or the new, whole. The files come out
+    readable by everyone (folders 755, files 644), as package data must be; safetensors writes its own private.
+
+    Args:
+        path: the folder to write; an existing one is replaced (callers ask before they overwrite).
+        write: writes the whole content into the (empty) folder it is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        write(staging)
+        staging.chmod(0o755)
+        for item in staging.rglob("*"):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        if path.exists():
+            retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, retired / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path

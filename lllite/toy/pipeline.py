@@ -68,8 +68,9 @@ CONFIGS = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's byte-level alphabet: every byte gets a printable character, so any text can be tokenized."""
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte-level alphabet of CLIP and GPT-2 style tokenizers: every byte gets a printable character,
+    so any text can be tokenized."""
     printable = (
         list(range(ord("!"), ord("~") + 1))
         + list(range(ord("\u00a1"), ord("\u00ac") + 1))
@@ -97,14 +98,10 @@ def _merge_pair(parts: list[str], pair: tuple[str, str]) -> list[str]:
     return merged
 
 
-def make_tokenizer(max_tokens: int) -> CLIPTokenizer:
-    """A CLIP tokenizer whose vocabulary is the byte alphabet plus `CAPTION_WORDS` as whole words."""
-    alphabet = list(_bytes_to_unicode().values())
-    vocab = {char: i for i, char in enumerate(alphabet)}
-    vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
-    # Learn the merges the way BPE training does (most frequent pair first, everywhere at once), so that
-    # encoding a caption word replays its own merges and no other word's merge can split it.
-    words = [list(word[:-1]) + [word[-1] + "</w>"] for word in CAPTION_WORDS]
+def learn_bpe_merges(words: list[list[str]]) -> list[tuple[str, str]]:
+    """The merges that make each word (given as its symbols) a single token, in the order BPE training
+    finds them: the most frequent pair first, merged everywhere at once. Encoding a word then replays its
+    own merges, and no other word's merge can split it."""
     merges = []
     while any(len(parts) > 1 for parts in words):
         counts: dict[tuple[str, str], int] = {}
@@ -113,8 +110,18 @@ def make_tokenizer(max_tokens: int) -> CLIPTokenizer:
                 counts[pair] = counts.get(pair, 0) + 1
         best = max(counts, key=lambda pair: (counts[pair], pair))
         merges.append(best)
-        vocab.setdefault(best[0] + best[1], len(vocab))
         words = [_merge_pair(parts, best) for parts in words]
+    return merges
+
+
+def make_tokenizer(max_tokens: int) -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the byte alphabet plus `CAPTION_WORDS` as whole words."""
+    alphabet = list(bytes_to_unicode().values())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
+    merges = learn_bpe_merges([list(word[:-1]) + [word[-1] + "</w>"] for word in CAPTION_WORDS])
+    for first, second in merges:
+        vocab.setdefault(first + second, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +25,7 @@ from diffusers import StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
 from lllite.errors import LLLiteError, OutputExistsError
+from lllite.files import write_folder_atomic
 from lllite.images import from_uint8, to_uint8
 from lllite.launch import launch
 from lllite.metrics import has_colour_blob, shape_iou
@@ -393,25 +391,7 @@ def quality_gate(
 
 def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
     """Write into a temporary sibling folder, then swap it in, so a crash never leaves half a pipeline."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        pipe.save_pretrained(staging)
-        # mkdtemp makes the folder private, and safetensors writes its files private too; the weights are
-        # package data that every user must read.
-        staging.chmod(0o755)
-        for path in staging.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-            os.replace(out_dir, retired / out_dir.name)
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    write_folder_atomic(out_dir, pipe.save_pretrained)
 
 
 @torch.no_grad()
