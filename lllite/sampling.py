@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .errors import LLLiteError
 from .files import write_atomic
-from .controls import Keyframes, Multiplier, is_keyframes, keyframes
+from .controls import ControlledNetwork, Keyframes, Multiplier, is_keyframes, keyframes
 from .images import to_control_tensor, to_mask_tensor, to_pil
 from .network import LLLiteNetwork
 
@@ -57,11 +57,11 @@ def _as_list(value, name: str) -> list:
     return values
 
 
-def _networks(networks) -> list[LLLiteNetwork]:
+def _networks(networks) -> list[ControlledNetwork]:
     networks = _as_list(networks, "networks")
     for network in networks:
-        if not isinstance(network, LLLiteNetwork):
-            raise TypeError(f"networks: expected LLLiteNetwork objects (lllite.load / create_network), got {type(network).__name__}")
+        if not isinstance(network, ControlledNetwork):
+            raise TypeError(f"networks: expected LLLite networks (lllite.load / create_network), got {type(network).__name__}")
     return networks
 
 

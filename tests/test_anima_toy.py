@@ -8,7 +8,6 @@ from diffusers import (AnimaModularPipeline, AnimaTextConditioner, AutoencoderKL
 from transformers import Qwen2Tokenizer, Qwen3Model, T5TokenizerFast
 
 from lllite.anima import toy
-from lllite.anima.objective import flow_loss, noisy_latents, sample_sigmas, velocity_target
 from lllite.anima.pipeline import (INDEX_FILE, decode_latents, encode_images, encode_prompts, generate,
                                    load_anima_pipeline, save_anima_pipeline, to_uint8_images, transformer_inputs)
 from lllite.errors import InputMissingError
@@ -229,26 +228,3 @@ def test_the_shipped_toy_draws_the_captions_colour():
 
     rates = quality_gate(load_anima_pipeline("toy"), seeds=8, num_inference_steps=20)
     assert np.mean(list(rates.values())) >= 0.6
-
-
-def test_the_flow_path_runs_from_the_clean_latent_to_the_noise_and_the_target_is_its_velocity():
-    clean, noise = torch.randn(3, 16, 4, 4), torch.randn(3, 16, 4, 4)
-    sigmas = torch.tensor([0.0, 0.25, 1.0])
-    noisy = noisy_latents(clean, noise, sigmas)
-    torch.testing.assert_close(noisy[0], clean[0])
-    torch.testing.assert_close(noisy[1], 0.75 * clean[1] + 0.25 * noise[1])
-    torch.testing.assert_close(noisy[2], noise[2])
-    step = 1e-3
-    slope = (noisy_latents(clean, noise, sigmas + step) - noisy) / step
-    torch.testing.assert_close(slope, velocity_target(clean, noise), rtol=1e-2, atol=1e-2)
-    assert flow_loss(velocity_target(clean, noise), noise - clean).item() == 0.0
-
-
-def test_logit_normal_sigmas_lie_in_the_open_interval_with_median_one_half():
-    sigmas = sample_sigmas(20000, torch.Generator().manual_seed(0))
-    assert sigmas.min() > 0 and sigmas.max() < 1
-    assert abs(sigmas.median().item() - 0.5) < 0.02
-    # Fewer draws near the ends than uniform's 10%: P(t < 0.1) = P(z < logit(0.1) = -2.197) = 1.4%.
-    assert (sigmas < 0.1).float().mean().item() == pytest.approx(0.014, abs=0.005)
-    with pytest.raises(ValueError, match="logit_normal"):
-        sample_sigmas(2, torch.Generator(), kind="cubic")
