@@ -2,9 +2,11 @@
 
     python -m lllite demo --out lllite-demo       # about 5 minutes of training on a CPU
     python -m lllite demo --quick                 # a few steps, for a smoke test
+    python -m lllite demo --model anima           # kohya's Anima LLLite (v2) on the toy Anima DiT
 
-It writes the shapes dataset (canny controls), trains an LLLite on the pretrained toy SDXL for at most
-``max_train_seconds`` with the toy recipe (:class:`lllite.recipes.ToyRecipe`), then generates
+It writes the shapes dataset (canny controls), trains an LLLite on the pretrained toy SDXL (or the toy
+Anima) for at most ``max_train_seconds`` with the toy recipe (:class:`lllite.recipes.ToyRecipe`,
+:class:`lllite.recipes.AnimaToyRecipe`), then generates
 held-out shapes at several strengths and scores each image by the IoU between the caption's colour and
 the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, which puts the shape
 anywhere: its IoU is the chance level the control has to beat.
@@ -30,7 +32,7 @@ from .evaluate import fidelity_by_strength, plot_fidelity
 from .figures import save_figure
 from .files import write_text_atomic
 from .launch import ProcessFailedError, launch
-from .recipes import ToyRecipe
+from .recipes import AnimaToyRecipe, ToyRecipe
 from .sampling import MULTIPLIERS, image_grid, save_png
 from .toy.shapes import eval_samples, write_dataset
 from .train import TrainConfig, TrainError, TrainResult, train
@@ -46,9 +48,12 @@ class DemoConfig(ToyRecipe):
     2 CPU cores.
 
     Args:
+        model: ``"sdxl"`` (the toy SDXL and kohya's SDXL LLLite) or ``"anima"`` (the toy Anima and kohya's
+            Anima LLLite, trained with :class:`lllite.recipes.AnimaToyRecipe`, whose settings then replace the
+            SDXL recipe's).
         out: output folder.
         eval_samples: held-out shapes scored at every multiplier.
-        size: image side in pixels (the toy SDXL is trained at 128).
+        size: image side in pixels (the toy SDXL is trained at 128; Anima's demo takes its recipe's 64).
         multipliers: the strengths compared.
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
@@ -59,9 +64,11 @@ class DemoConfig(ToyRecipe):
             samples per second of one (776 steps of 16 in 5 minutes, against 1099 of 8). With a CUDA
             GPU the demo trains in one process on the same total batch.
         overwrite: replace the outputs of an earlier demo in ``out``.
-        **recipe: any :class:`lllite.recipes.ToyRecipe` field; ``seed`` also seeds the evaluation.
+        **recipe: any :class:`lllite.recipes.ToyRecipe` field; ``seed`` also seeds the evaluation. For Anima
+            only the data, budget, batch and seed fields carry over (:meth:`anima_recipe`).
     """
 
+    model: str = "sdxl"
     out: str = "lllite-demo"
     eval_samples: int = 32
     size: int = 128
@@ -72,6 +79,12 @@ class DemoConfig(ToyRecipe):
     threads: int = 1
     processes: int = 2
     overwrite: bool = False
+
+    def anima_recipe(self) -> AnimaToyRecipe:
+        """The Anima recipe with this demo's data, budget, batch and seed (the rest is the recipe's own)."""
+        return AnimaToyRecipe(train_samples=self.train_samples, max_train_seconds=self.max_train_seconds,
+                              max_train_steps=self.max_train_steps, train_batch_size=self.train_batch_size,
+                              seed=self.seed)
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":
@@ -137,6 +150,8 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
         config: the demo's settings.
         pipe: the SDXL pipeline to train on; by default the pretrained toy (``lllite.load_pipeline("toy")``).
     """
+    if config.model not in ("sdxl", "anima"):
+        raise LLLiteError(f"model {config.model!r}: choose 'sdxl' or 'anima'")
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
             raise LLLiteError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -154,19 +169,23 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
 
     out = Path(config.out)
     _prepare(out, config.overwrite)
+    anima = config.model == "anima"
     if pipe is None:
-        pipe = load_pipeline("toy")
+        pipe = load_pipeline("toy", model_family=config.model)
+    recipe = config.anima_recipe() if anima else config
+    size = recipe.size
+    batch_size = config.train_batch_size
 
     # 1. The shapes dataset in kohya's layout: images, captions, canny controls.
-    data = write_dataset(out / "data", config.train_samples, seed=config.seed, size=config.size)
-    dataset = DatasetConfig([SubsetConfig(data / "images", data / "conditioning")], resolution=config.size,
-                            batch_size=config.train_batch_size, enable_bucket=False)
+    data = write_dataset(out / "data", config.train_samples, seed=config.seed, size=size)
+    dataset = DatasetConfig([SubsetConfig(data / "images", data / "conditioning")], resolution=size,
+                            batch_size=batch_size, enable_bucket=False)
 
     # 2. Train within the time budget.
-    settings = config.training_settings()
+    settings = recipe.training_settings()
     processes = config.processes
     if processes > 1 and torch.cuda.is_available():
-        settings["train_batch_size"], processes = config.train_batch_size * processes, 1
+        settings["train_batch_size"], processes = batch_size * processes, 1
         dataset.batch_size = settings["train_batch_size"]
     train_config = TrainConfig(dataset_config=dataset, output_dir=str(out / "train"), **settings)
     if processes > 1:
@@ -176,7 +195,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     network = result.network
 
     # 3. Held-out controls at every strength, scored by shape IoU.
-    held_out = eval_samples(config.eval_samples, seed=config.seed, size=config.size)
+    held_out = eval_samples(config.eval_samples, seed=config.seed, size=size)
     rows = min(config.grid_rows, len(held_out))
     fidelity = fidelity_by_strength(pipe, network, held_out, multipliers=config.multipliers,
                                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
@@ -190,7 +209,8 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
                  + [fidelity.images[m][i] for m in fidelity.multipliers] for i, sample in enumerate(held_out[:rows])]
     labels = ["control", "target"] + [f"strength {m:g} (IoU {v:.2f})" for m, v in zip(fidelity.multipliers, means)]
     grid = image_grid(grid_rows, labels, [sample.caption for sample in held_out[:rows]],
-                      title=f"toy canny LLLite, {result.steps} steps; mean IoU over {len(held_out)} held-out shapes")
+                      title=f"toy {'Anima ' if anima else ''}canny LLLite, {result.steps} steps; "
+                            f"mean IoU over {len(held_out)} held-out shapes")
     save_png(grid, out / "comparison.png", overwrite=True)
     save_figure(plot_fidelity(fidelity, metrics=["iou"]), out / "iou_vs_strength.png")
     demo = DemoResult(

@@ -73,6 +73,48 @@ class ToyRecipe:
         )
 
 
+@dataclass
+class AnimaToyRecipe:
+    """How to train an Anima LLLite (kohya's v2) on the toy Anima's shapes: at most 5 minutes on a CPU.
+
+    Args:
+        train_samples: shapes in the training set.
+        size: image side in pixels (the toy Anima is pretrained at 64).
+        max_train_seconds, max_train_steps: the time budget and the most steps (the learning rate's cosine
+            decay follows whichever runs out first).
+        train_batch_size, learning_rate, cond_emb_dim, network_dim, lllite_target_layers, lllite_cond_dim,
+            timestep_sampling: see :class:`lllite.train.TrainConfig`; kohya's Anima defaults otherwise
+            (one ResBlock, no ASPP, no loss weighting, flow shift 1).
+        seed: seeds the dataset and the training.
+    """
+
+    train_samples: int = 2000
+    size: int = 64
+    max_train_seconds: float = 300.0
+    max_train_steps: int = 4000
+    train_batch_size: int = 8
+    learning_rate: float = 2e-3
+    cond_emb_dim: int = 32
+    network_dim: int = 64
+    lllite_target_layers: str = "self_attn_qkv"
+    lllite_cond_dim: int = 64
+    timestep_sampling: str = "sigmoid"
+    seed: int = 0
+
+    def training_settings(self) -> dict:
+        """The :class:`lllite.train.TrainConfig` settings of this recipe (all but the dataset and output folder)."""
+        return dict(
+            pretrained_model_name_or_path="toy", model_family="anima", output_name="lllite_toy_anima_canny",
+            cond_emb_dim=self.cond_emb_dim, network_dim=self.network_dim, lllite_target_layers=self.lllite_target_layers,
+            lllite_cond_dim=self.lllite_cond_dim, learning_rate=self.learning_rate, train_batch_size=self.train_batch_size,
+            lr_scheduler="cosine", lr_warmup_steps=min(50, self.max_train_steps // 10),
+            timestep_sampling=self.timestep_sampling, max_train_steps=self.max_train_steps,
+            max_train_seconds=self.max_train_seconds, mixed_precision="no", gradient_checkpointing=False,
+            cache_latents=True, cache_text_encoder_outputs=True, optimizer_type="adamw", seed=self.seed,
+            save_precision="float",
+        )
+
+
 def sdxl_colab_settings() -> dict:
     """kohya's SDXL canny recipe (E 32, M 64, lr 2e-4, AdamW 8-bit, mixed precision, gradient checkpointing)
     with a batch that fits one Colab GPU and a 45-minute budget, as :class:`lllite.train.TrainConfig` settings."""

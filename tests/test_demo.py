@@ -47,7 +47,7 @@ def test_the_demo_refuses_to_replace_an_earlier_demo_unless_asked(tmp_path):
 
 
 def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lllite.pipelines, "load_pipeline", lambda name: build_pipeline("test"))
+    monkeypatch.setattr(lllite.pipelines, "load_pipeline", lambda name, **options: build_pipeline("test"))
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
@@ -91,3 +91,21 @@ def test_a_failing_training_process_is_reported_and_the_others_are_not_waited_fo
     assert time.monotonic() - started < 60
     # The failed process's own error, not "see its error above": that had scrolled away.
     assert "RuntimeError: out of memory" in str(raised.value) and "in second_process_fails" in str(raised.value)
+
+
+def test_the_anima_demo_trains_kohyas_v2_network_on_the_toy_anima(tmp_path, monkeypatch, capsys):
+    from lllite.anima import AnimaLLLiteNetwork
+    from lllite.anima.toy import build_pipeline as build_anima
+
+    loaded = []
+    monkeypatch.setattr(lllite.pipelines, "load_pipeline",
+                        lambda name, **options: loaded.append((name, options)) or build_anima("test"))
+    assert main(["demo", "--quick", "--model", "anima", "--out", str(tmp_path)]) == 0
+    assert loaded == [("toy", {"model_family": "anima"})]
+    assert "shape IoU by strength: 0.0:" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3 and metrics["config"]["model"] == "anima"
+    network = lllite.load(metrics["weights"])
+    assert isinstance(network, AnimaLLLiteNetwork) and network.config.target_layers == "self_attn_qkv"
+    assert Image.open(tmp_path / "comparison.png").height > 2 * 64
+    assert Image.open(tmp_path / "data" / "images" / "000000.png").size == (64, 64)
