@@ -276,9 +276,31 @@ def test_inpainting_networks_take_rgb_and_mask(anima_transformer):
     rgb, mask = torch.rand(1, 3, 96, 128) * 2 - 1, (torch.rand(1, 1, 96, 128) > 0.5).float()
     condition = inpaint_condition(rgb, mask, masked_input=True)
     assert condition.shape == (1, 4, 96, 128) and torch.all(condition[:, :3][mask.expand(1, 3, -1, -1) > 0] == 0)
+    assert torch.equal(condition[:, 3:], mask * 2 - 1)  # the mask in the RGB's range, +1 where to paint
+    assert torch.equal(inpaint_condition(rgb, mask)[:, :3], rgb)
     network.apply_to(anima_transformer)
     with pytest.raises(LLLiteError, match="reads 4 channels"):
         network.set_cond_image(rgb)
     network.set_cond_image(condition)
     x, t, ctx = inputs()
     run(anima_transformer, x, t, ctx)
+
+
+def test_compiles_as_one_graph_equal_to_eager_and_strength_changes_recompile_nothing(anima_transformer):
+    import torch._dynamo as dynamo
+
+    torch.compiler.reset()
+    dynamo.utils.counters.clear()
+    network = randomize(create_network(anima_transformer, target_layers="self_attn_qkv")).apply_to(anima_transformer)
+    network.set_cond_image(torch.rand(1, 3, 96, 128) * 2 - 1)
+    compiled = torch.compile(anima_transformer, fullgraph=True, backend="aot_eager")
+    x, t, ctx = inputs()
+    for multiplier in (1.0, 0.5, [(0.0, 0.2), (0.5, 1.0)]):
+        network.set_multiplier(multiplier)
+        with torch.no_grad():
+            eager = anima_transformer(x, t, ctx, return_dict=False)[0]
+            got = compiled(x, t, ctx, return_dict=False)[0]
+        assert torch.allclose(got, eager, atol=1e-5)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not dynamo.utils.counters["graph_break"]
+    torch.compiler.reset()

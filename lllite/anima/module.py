@@ -166,9 +166,17 @@ class AnimaLLLiteModule(nn.Module):
 
 
 def inpaint_condition(image: torch.Tensor, mask: torch.Tensor, masked_input: bool = False) -> torch.Tensor:
-    """The 4-channel control of an inpainting network: RGB (B, 3, H, W) in [-1, 1] and the mask (B, 1, H, W),
-    1 where to paint; with ``masked_input`` (the network's ``inpaint_masked_input``) RGB is zeroed under the mask."""
-    mask = mask.to(image.dtype)
+    """The 4-channel control of an inpainting network (``cond_in_channels`` 4).
+
+    Built as kohya's scripts and the ComfyUI Anima LLLite node build it: the mask binarized at 0.5 and
+    rescaled to [-1, 1] like the RGB (+1 where to paint, -1 where to keep); with ``masked_input`` (the
+    network's ``inpaint_masked_input``) the RGB is zeroed where the mask paints.
+
+    Args:
+        image: RGB (B, 3, H, W) in [-1, 1].
+        mask: (B, 1, H, W) in [0, 1], 1 where to paint.
+    """
+    paint = (mask >= 0.5).to(image.dtype)
     if masked_input:
-        image = image * (mask < 0.5).to(image.dtype)
-    return torch.cat([image, mask], dim=1)
+        image = image * (1 - paint)
+    return torch.cat([image, paint * 2 - 1], dim=1)
