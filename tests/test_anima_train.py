@@ -102,3 +102,25 @@ def test_the_control_acts_through_the_modular_pipelines_guidance_calls():
     assert all(differs)
     assert [a.tobytes() for a in base] == [a.tobytes() for a in again]
     assert base[0].size == (96, 64)
+
+
+def test_the_command_line_trains_anima_from_a_toml_and_a_local_modular_folder(shapes, tmp_path, capsys, monkeypatch):
+    from lllite.anima.pipeline import save_anima_pipeline
+    from lllite.train import main
+
+    save_anima_pipeline(build_pipeline("test"), tmp_path / "anima")
+    (tmp_path / "data.toml").write_text(
+        f'[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\n'
+        f'image_dir = "{shapes / "images"}"\nconditioning_data_dir = "{shapes / "conditioning"}"\n')
+    (tmp_path / "train.toml").write_text(
+        '[model]\npretrained_model_name_or_path = "anima"\n'
+        '[network]\ncond_emb_dim = 8\nnetwork_dim = 8\nlllite_cond_dim = 8\nlllite_target_layers = "self_attn_q_pre,mlp_fc1_pre"\n'
+        '[training]\ndataset_config = "data.toml"\nmax_train_steps = 2\nmixed_precision = "no"\noptimizer_type = "adamw"\n'
+        'timestep_sampling = "shift"\ndiscrete_flow_shift = 3.0\n')
+    monkeypatch.chdir(tmp_path)
+    code = main(["--config", "train.toml", "--output_dir", "out", "--no-gradient_checkpointing", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    network = lllite.load(tmp_path / "out" / "lllite.safetensors")
+    assert isinstance(network, AnimaLLLiteNetwork)
+    assert network.metadata["lllite.target_atomics"] == "self_attn_q_pre,mlp_fc1_pre"
+    assert network.metadata["ss_timestep_sampling"] == "shift" and network.metadata["ss_steps"] == "2"
