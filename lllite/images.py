@@ -162,3 +162,20 @@ def region_mask(width: int, height: int, shape: str = "rectangle", box: tuple[fl
     draw = ImageDraw.Draw(picture)
     (draw.rectangle if shape == "rectangle" else draw.ellipse)(corners, fill=0 if invert else 255)
     return picture
+
+
+def random_region_masks(count: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Masks for training inpainting controls: (count, 1, height, width) in {0, 1}, each the union of one to
+    three rectangles or ellipses of 10% to 60% of each side, drawn from ``generator``."""
+    masks = torch.zeros(count, 1, height, width)
+    for index in range(count):
+        picture = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(picture)
+        for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
+            size = (0.1 + 0.5 * torch.rand(2, generator=generator)) * torch.tensor([width, height])
+            corner = torch.rand(2, generator=generator) * (torch.tensor([width, height]) - size)
+            box = (float(corner[0]), float(corner[1]), float(corner[0] + size[0]), float(corner[1] + size[1]))
+            ellipse = bool(torch.rand(1, generator=generator) < 0.5)
+            (draw.ellipse if ellipse else draw.rectangle)(box, fill=255)
+        masks[index, 0] = torch.from_numpy(np.asarray(picture) >= 128)
+    return masks

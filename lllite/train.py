@@ -84,6 +84,10 @@ class TrainConfig:
         lllite_cond_resblocks: Anima: ResBlocks in the trunk (1).
         lllite_use_aspp: Anima: end the trunk with ASPP (multi-scale and global context).
         lllite_dropout: Anima: dropout on each module's mid output while training (None: off).
+        lllite_cond_in_channels: Anima: 3 (the control image), or 4 to train an inpainting network: each step
+            draws a mask per sample (rectangles and ellipses) and the control becomes RGB + mask
+            (:func:`lllite.anima.inpaint_condition`).
+        lllite_inpaint_masked_input: Anima, inpainting: zero the control's RGB under the mask.
         learning_rate: AdamW learning rate; by default 2e-4 for SDXL (kohya's canny recipe) and 1e-4 for
             Anima (kohya's recommended start).
         max_train_steps: optimizer steps; ``max_train_epochs`` overrides it when set.
@@ -148,6 +152,8 @@ class TrainConfig:
     lllite_cond_resblocks: int = 1
     lllite_use_aspp: bool = False
     lllite_dropout: float | None = None
+    lllite_cond_in_channels: int = 3
+    lllite_inpaint_masked_input: bool = False
     learning_rate: float | None = None
     max_train_steps: int = 1600
     max_train_epochs: int | None = None
@@ -209,6 +215,9 @@ class TrainConfig:
             raise TrainError(f"cond_emb_dim must be even (the first conv has cond_emb_dim / 2 channels), got {self.cond_emb_dim}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise TrainError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lllite_cond_in_channels not in (3, 4):
+            raise TrainError(f"lllite_cond_in_channels must be 3 (RGB) or 4 (RGB + inpainting mask), "
+                             f"got {self.lllite_cond_in_channels}")
         if self.lllite_dropout is not None and not 0 <= self.lllite_dropout < 1:
             raise TrainError(f"lllite_dropout must be in [0, 1), got {self.lllite_dropout}")
         for name in ("discrete_flow_shift", "sigmoid_scale"):
@@ -332,7 +341,8 @@ class SDXLTraining:
     timestep_samplings = TIMESTEP_SAMPLINGS
     #: Options of the other family, which SDXL refuses when they are not at their defaults.
     foreign = ("lllite_target_layers", "lllite_cond_dim", "lllite_cond_resblocks", "lllite_use_aspp", "lllite_dropout",
-               "discrete_flow_shift", "sigmoid_scale", "weighting_scheme")
+               "lllite_cond_in_channels", "lllite_inpaint_masked_input", "discrete_flow_shift", "sigmoid_scale",
+               "weighting_scheme")
 
     def __init__(self, pipe, config: TrainConfig):
         self.pipe, self.config = pipe, config
@@ -341,6 +351,11 @@ class SDXLTraining:
     @property
     def denoiser(self) -> nn.Module:
         return self.pipe.unet
+
+    @staticmethod
+    def control(batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The control the network reads in this step: the dataset's conditioning image."""
+        return batch["conditioning_image"]
 
     @property
     def encoders(self) -> tuple[nn.Module, ...]:
@@ -697,6 +712,12 @@ def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config
     for index in indices:
         sample = dataset.items[index]
         control = dataset[index]["conditioning_image"][None]
+        if network.cond_in_channels == 4:  # an inpainting network: the centre quarter to paint
+            from .anima.module import inpaint_condition
+            from .images import region_mask, to_mask_tensor
+
+            box = region_mask(control.shape[-1], control.shape[-2], "rectangle", (0.25, 0.25, 0.75, 0.75))
+            control = inpaint_condition(control, to_mask_tensor(box), network.config.inpaint_masked_input)
         images = [generate(pipe, network, control, sample.pair.caption, seed=config.sample_seed,
                            num_inference_steps=config.sample_num_inference_steps,
                            guidance_scale=config.sample_guidance_scale, multiplier=multiplier)[0]
@@ -901,7 +922,8 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
                 draw = training.draw(batch, generator, device)
             # Gradients are averaged over the processes once per step, in the last micro-batch's backward.
             with contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model):
-                prediction = model(draw.noisy, draw.timesteps, batch["conditioning_image"].to(device), draw.conditioning)
+                control = training.control(batch, generator).to(device)
+                prediction = model(draw.noisy, draw.timesteps, control, draw.conditioning)
                 loss = noise_loss(prediction, draw.target, draw.weights) / accumulation
                 accelerator.backward(loss)
             step_loss += loss.detach()

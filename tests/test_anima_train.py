@@ -124,3 +124,25 @@ def test_the_command_line_trains_anima_from_a_toml_and_a_local_modular_folder(sh
     assert isinstance(network, AnimaLLLiteNetwork)
     assert network.metadata["lllite.target_atomics"] == "self_attn_q_pre,mlp_fc1_pre"
     assert network.metadata["ss_timestep_sampling"] == "shift" and network.metadata["ss_steps"] == "2"
+
+
+def test_an_inpainting_network_trains_on_drawn_masks_and_says_so_in_its_file(shapes, tmp_path):
+    result = train(config(shapes, tmp_path, lllite_cond_in_channels=4, lllite_inpaint_masked_input=True,
+                          sample_every_n_steps=2, sample_num_inference_steps=2, num_validation_images=1,
+                          max_train_steps=2), build_pipeline("test"))
+    network = lllite.load(result.weights)
+    assert network.config.cond_in_channels == 4 and network.config.inpaint_masked_input
+    assert network.metadata["lllite.cond_in_channels"] == "4" and network.metadata["lllite.inpaint_masked_input"] == "true"
+    assert network.trunk.conv1.weight.shape[1] == 4
+    assert list((tmp_path / "samples").glob("*.png"))
+
+
+def test_drawn_inpainting_masks_are_binary_regions_that_follow_the_generator():
+    from lllite.images import random_region_masks
+
+    first = random_region_masks(4, 48, 64, torch.Generator().manual_seed(0))
+    again = random_region_masks(4, 48, 64, torch.Generator().manual_seed(0))
+    assert first.shape == (4, 1, 48, 64) and torch.equal(first, again)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    coverage = first.mean(dim=(1, 2, 3))
+    assert (coverage > 0.005).all() and (coverage < 0.9).all()

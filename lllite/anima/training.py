@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .module import AnimaLLLiteConfig
+from ..images import random_region_masks
+from .module import AnimaLLLiteConfig, inpaint_condition
 from .names import is_anima_pipeline
 from .network import AnimaLLLiteNetwork, create_network
 from .objective import TIMESTEP_SAMPLINGS, loss_weights, noisy_latents, sample_sigmas, velocity
@@ -44,6 +45,15 @@ class AnimaTraining:
     @property
     def denoiser(self) -> nn.Module:
         return self.pipe.transformer
+
+    def control(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The control the network reads in this step: the conditioning image, or for an inpainting network
+        the conditioning image and a mask drawn for each sample (as kohya's trainer draws them)."""
+        image = batch["conditioning_image"]
+        if self.config.lllite_cond_in_channels != 4:
+            return image
+        masks = random_region_masks(image.shape[0], image.shape[-2], image.shape[-1], generator)
+        return inpaint_condition(image, masks, self.config.lllite_inpaint_masked_input)
 
     @property
     def encoders(self) -> tuple[nn.Module, ...]:
@@ -84,7 +94,8 @@ class AnimaTraining:
         return create_network(self.denoiser, AnimaLLLiteConfig(
             cond_emb_dim=c.cond_emb_dim, network_dim=c.network_dim, target_layers=c.lllite_target_layers,
             cond_dim=c.lllite_cond_dim, cond_resblocks=c.lllite_cond_resblocks, use_aspp=c.lllite_use_aspp,
-            dropout=c.lllite_dropout))
+            dropout=c.lllite_dropout, cond_in_channels=c.lllite_cond_in_channels,
+            inpaint_masked_input=c.lllite_inpaint_masked_input))
 
     def prepare(self, device: torch.device) -> None:
         pass
