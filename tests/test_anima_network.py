@@ -304,3 +304,12 @@ def test_compiles_as_one_graph_equal_to_eager_and_strength_changes_recompile_not
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not dynamo.utils.counters["graph_break"]
     torch.compiler.reset()
+
+
+def test_a_module_name_that_is_no_dit_linear_is_named(anima_transformer, tmp_path):
+    network = create_network(anima_transformer)
+    tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
+    tensors["lllite_dit_final_layer.down.weight"] = torch.zeros(64, 48)
+    save_file(tensors, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(LLLiteFileError, match="'lllite_dit_final_layer' is not one"):
+        lllite.load(tmp_path / "odd.safetensors")

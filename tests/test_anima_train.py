@@ -146,3 +146,14 @@ def test_drawn_inpainting_masks_are_binary_regions_that_follow_the_generator():
     assert set(first.unique().tolist()) == {0.0, 1.0}
     coverage = first.mean(dim=(1, 2, 3))
     assert (coverage > 0.005).all() and (coverage < 0.9).all()
+
+
+def test_the_step_range_counts_the_modular_pipelines_steps_as_diffusers_does():
+    pipe = build_pipeline("test")
+    network = create_network(pipe.transformer, cond_emb_dim=8, network_dim=8, cond_dim=8)
+    active = []
+    pipe.transformer.register_forward_hook(lambda m, a, k, o: active.append(network._step_active), with_kwargs=True)
+    generate(pipe, network, torch.zeros(1, 3, 64, 64), "a red circle", num_inference_steps=4, guidance_scale=3.0,
+             control_guidance_start=0.25, control_guidance_end=0.75)
+    # step i of 4 is controlled when i / 4 >= 0.25 and (i + 1) / 4 <= 0.75; two guidance calls per step
+    assert active == [False, False, True, True, True, True, False, False]

@@ -377,8 +377,9 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str], 
         names.setdefault(name, {})[param] = tensor
     if not names:
         raise fileformat.LLLiteFileError(f"{source}: holds the trunk but no modules")
-    blocks = 1 + max(int(name[len(MODULE_PREFIX):].split("_")[1]) for name in names
-                     if name[len(MODULE_PREFIX):].startswith("blocks_") and name[len(MODULE_PREFIX):].split("_")[1].isdigit())
+    indices = [name[len(MODULE_PREFIX):].split("_") for name in names]
+    blocks = 1 + max((int(parts[1]) for parts in indices if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit()),
+                     default=-1)
     expected = module_names(blocks, parse_target_layers(config.target_layers))
     foreign = sorted(set(names) - set(expected))
     if foreign:
