@@ -108,7 +108,7 @@ def plot_parameter_counts(counts: Mapping[str, int]):
     """Horizontal bars on a log scale, each labelled with its count and its size in float16 (a Figure): base
     models blue, ControlNets orange, LLLites green."""
     names, values = list(counts), list(counts.values())
-    figure, axes = new_figure(7, 0.6 * len(names) + 1.2)
+    figure, axes = new_figure(max(7.0, 0.2 * max(map(len, names))), 0.6 * len(names) + 1.2)  # long labels: wider
     colours = ["C1" if "ControlNet" in name else "C2" if "LLLite" in name else "C0" for name in names]
     axes.barh(names[::-1], values[::-1], color=colours[::-1])
     axes.set_xscale("log")
