@@ -1,14 +1,16 @@
 """The architecture, measured and pictured (notebook 02): one module's shapes layer by layer, parameters
 against a full ControlNet, where the modules attach in SDXL, what the conditioning embedding sees, and
-why ``up`` starts at zero.
+why ``up`` starts at zero; then Anima's LLLite (kohya's v2) beside SDXL's: what differs, the shapes inside
+its shared trunk and one module, its parameters for each ``target_layers`` preset, and the trunk's embedding.
 
-Counts and shapes come from SDXL's configuration alone, on PyTorch's ``meta`` device: nothing is
-downloaded. Plots are :mod:`lllite.figures` Figures; tables are Markdown (:func:`lllite.notebook.markdown_table`).
+Counts and shapes come from SDXL's and Anima's configurations alone, on PyTorch's ``meta`` device: nothing
+is downloaded. Plots are :mod:`lllite.figures` Figures; tables are Markdown (:func:`lllite.notebook.markdown_table`).
 
     from lllite.architecture import attachment_table, parameter_counts
     from lllite.sdxl import sdxl_unet
     parameter_counts()["ControlNet (SDXL)"]        # 1.25e9, against 2.3e7 for kohya's LLLite
     attachment_table(sdxl_unet("meta"))           # five adapted blocks, 136 modules
+    anima_parameter_counts()                      # Anima's DiT and its LLLite for each target_layers preset
 """
 from __future__ import annotations
 
@@ -103,10 +105,12 @@ def _parameter_counts(cond_emb_dim: int, network_dim: int) -> tuple[tuple[str, i
 
 
 def plot_parameter_counts(counts: Mapping[str, int]):
-    """Horizontal bars on a log scale, each labelled with its count and its size in float16 (a Figure)."""
+    """Horizontal bars on a log scale, each labelled with its count and its size in float16 (a Figure): base
+    models blue, ControlNets orange, LLLites green."""
     names, values = list(counts), list(counts.values())
-    figure, axes = new_figure(7, 0.6 * len(names) + 1.2)
-    axes.barh(names[::-1], values[::-1], color=["C2", "C1", "C0"][-len(names):])
+    figure, axes = new_figure(max(7.0, 0.2 * max(map(len, names))), 0.6 * len(names) + 1.2)  # long labels: wider
+    colours = ["C1" if "ControlNet" in name else "C2" if "LLLite" in name else "C0" for name in names]
+    axes.barh(names[::-1], values[::-1], color=colours[::-1])
     axes.set_xscale("log")
     axes.set_xlabel("parameters (log scale)")
     for y, value in enumerate(values[::-1]):
@@ -184,13 +188,19 @@ def embedding_channels(module: LLLiteModule, control, cell: int = 96, columns: i
     """
     image = to_control_tensor(control)[:1].to(next(module.parameters()).device, next(module.parameters()).dtype)
     emb = module.conditioning1(image)[0].float().cpu()
+    height, width = emb.shape[1:]
+    return _channel_tiles(emb, cell, columns, f"{len(emb)} channels of {height}x{width} (depth {module.depth}), "
+                                              "each scaled to its range")
+
+
+def _channel_tiles(emb: torch.Tensor, cell: int, columns: int, title: str) -> Image.Image:
+    """Channels (C, H, W) as a grid of grey tiles, each channel scaled to its own range."""
     low = emb.flatten(1).min(dim=1).values[:, None, None]
     high = emb.flatten(1).max(dim=1).values[:, None, None]
     scaled = ((emb - low) / (high - low).clamp_min(1e-8) * 255).round().to(torch.uint8).numpy()
     tiles = [Image.fromarray(channel).resize((cell, cell), Image.NEAREST) for channel in scaled]
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
-    height, width = emb.shape[1:]
-    return image_grid(rows, title=f"{len(tiles)} channels of {height}x{width} (depth {module.depth}), each scaled to its range")
+    return image_grid(rows, title=title)
 
 
 #: The three ways a fresh network can start, compared in notebook 02.
@@ -272,3 +282,239 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
         for parameter in trainable:
             parameter.requires_grad_(True)
     return {part: value ** 0.5 for part, value in norms.items()}
+
+
+# ------------------------------------------------------------------------------------------ Anima (kohya's v2)
+
+
+def anima_transformer():
+    """Anima's DiT (diffusers' ``CosmosTransformer3DModel`` as the conversion script configures Cosmos-Predict2-2B,
+    with :data:`lllite.anima.toy.REAL_ANIMA`'s sizes) on the ``meta`` device: shapes without weights or memory."""
+    from diffusers import CosmosTransformer3DModel
+
+    from .anima.toy import REAL_ANIMA
+
+    with torch.device("meta"):
+        return CosmosTransformer3DModel(in_channels=16, out_channels=16, mlp_ratio=4.0, max_size=(128, 240, 240),
+                                        **REAL_ANIMA["transformer"])
+
+
+@functools.lru_cache(maxsize=1)
+def _anima_transformer():
+    return anima_transformer()  # built once: a notebook's live views ask for it again and again
+
+
+def anima_network(**options):
+    """An Anima LLLite network (:func:`lllite.anima.create_network`) for real Anima's DiT, on the ``meta`` device.
+
+    Args:
+        **options: :class:`lllite.anima.AnimaLLLiteConfig` fields, e.g. ``target_layers="self_attn_qkv"``.
+    """
+    from .anima import create_network as create_anima_network
+
+    with torch.device("meta"):
+        return create_anima_network(_anima_transformer(), **options)
+
+
+def _traced(model: torch.nn.Module, run, parts: list[tuple[str, torch.nn.Module]]) -> list[tuple[str, torch.nn.Module, tuple, tuple]]:
+    """(name, layer, input shape, output shape) of each listed layer, in the order ``run()`` calls them."""
+    seen: list = []
+    handles = [layer.register_forward_hook(lambda m, args, out, name=name: seen.append(
+        (name, m, tuple(args[0].shape), tuple(out.shape)))) for name, layer in parts]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+#: What follows each traced layer of the trunk (kohya's v2: its activations are functions, not layers).
+_AFTER = {"norm1": " + SiLU", "norm2": " + SiLU", "norm3": " + SiLU", "proj": ", then flatten to tokens, row-major"}
+#: The trunk's composite layers, in one line each.
+_COMPOSITE = {"ResBlock": "ResBlock: x + conv3x3(SiLU(GN(conv3x3(SiLU(GN(x))))))",
+              "ASPP": "ASPP: 1x1 and dilated 3x3 branches + a global-pool branch, concatenated, 1x1 conv + GN + SiLU"}
+
+
+def anima_module_shapes(image_size: int = 1024, target_layers: str = "self_attn_q", **options) -> list[ShapeRow]:
+    """Every layer of Anima's shared trunk and of one module with the shape it outputs, for a batch of one at
+    real Anima's width (traced on the meta device).
+
+    Args:
+        image_size: side of the square image in pixels (a multiple of 16: VAE 8 x patch 2).
+        target_layers: the preset or atomics; every target of real Anima is 2048 wide, so the shapes do not
+            depend on it, only the module count does (:func:`anima_targets`).
+        **options: other :class:`lllite.anima.AnimaLLLiteConfig` fields (``cond_emb_dim``, ``cond_dim``, ...).
+    """
+    from .anima.module import STRIDE
+    from .anima.network import TRUNK
+
+    if image_size % STRIDE:
+        raise ValueError(f"image_size {image_size} is not a multiple of {STRIDE} (the VAE's 8 x the DiT's 2x2 patches)")
+    network = anima_network(target_layers=target_layers, **options)
+    trunk = network.trunk
+    name, module = next(network.lllite_modules())
+    with torch.device("meta"):
+        image = torch.empty(1, network.cond_in_channels, image_size, image_size)
+        parts = [(part, layer) for part, layer in trunk.named_children() if not isinstance(layer, torch.nn.ModuleList)]
+        parts += [(f"resblocks.{i}", block) for i, block in enumerate(trunk.resblocks)]
+        traced = _traced(trunk, lambda: trunk(image), parts)
+        rows = [ShapeRow("control image", f"{network.cond_in_channels} channels in [-1, 1]", tuple(image.shape))]
+        rows += [ShapeRow(f"{TRUNK}.{part}", _COMPOSITE.get(type(layer).__name__, repr(layer)) + _AFTER.get(part, ""), shape)
+                 for part, layer, _, shape in traced]
+        embedding = trunk(image)
+        x = torch.empty(1, embedding.shape[1], module.in_dim)
+        rows.append(ShapeRow("x", f"the input of {name}'s Linear", tuple(x.shape)))
+        rows.append(ShapeRow("depth_embed", "this module's own offset, added: cond = embedding + depth_embed",
+                             tuple(module.depth_embed.shape)))
+        parts = [(part, getattr(module, part)) for part in ("down", "cond_to_film", "mid", "up")]
+        traced = {part: (layer, shape_in, shape) for part, layer, shape_in, shape in
+                  _traced(module, lambda: module(x, embedding), parts)}
+        after = {"down": " + SiLU", "cond_to_film": ": gamma, beta = chunk(2)",
+                 "mid": ", m * (1 + gamma) + beta, SiLU"}
+        for part in ("down", "cond_to_film", "mid", "up"):
+            layer, shape_in, shape = traced[part]
+            if part == "mid":
+                rows.append(ShapeRow("cat", "[cond, down(x)]", shape_in))
+            rows.append(ShapeRow(part, repr(layer) + after.get(part, ""), shape))
+    return rows
+
+
+def anima_targets(target_layers: str = "self_attn_q") -> tuple[list[str], int, int]:
+    """The Linears a preset adapts in one block (diffusers' paths within the block), the modules in all of
+    real Anima's blocks, and the number of blocks."""
+    from .anima.names import find_targets as find_anima_targets, parse_target_layers
+
+    transformer = _anima_transformer()
+    targets = find_anima_targets(transformer, parse_target_layers(target_layers))
+    paths = [t.path.split(".", 2)[2] for t in targets.values() if t.path.startswith("transformer_blocks.0.")]
+    return paths, len(targets), len(transformer.transformer_blocks)
+
+
+def anima_module_shapes_table(image_size: int = 1024, target_layers: str = "self_attn_q"):
+    """:func:`anima_module_shapes` as a Markdown table, under a line that says which Linears the preset adapts."""
+    from IPython.display import Markdown
+
+    paths, modules, blocks = anima_targets(target_layers)
+    rows = anima_module_shapes(image_size, target_layers)
+    table = markdown_table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
+    head = (f"`{target_layers}`: {modules} modules, one for each of " + ", ".join(f"`{p}`" for p in paths)
+            + f" in each of the {blocks} blocks; every one reads the same trunk output.")
+    return Markdown(head + "\n\n" + table.data)
+
+
+def anima_parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dict[str, int]:
+    """Parameters of real Anima's DiT and of its LLLite for each ``target_layers`` preset (and the lightest
+    with ASPP), from the configuration alone; ``cond_emb_dim`` and ``network_dim`` as kohya's options."""
+    return dict(_anima_parameter_counts(cond_emb_dim, network_dim))
+
+
+@functools.lru_cache(maxsize=32)
+def _anima_parameter_counts(cond_emb_dim: int, network_dim: int) -> tuple[tuple[str, int], ...]:
+    from .anima.names import PRESETS
+
+    sizes = dict(cond_emb_dim=cond_emb_dim, network_dim=network_dim)
+    rows = [("Anima DiT", sum(p.numel() for p in _anima_transformer().parameters()))]
+    for preset, use_aspp in [*((preset, False) for preset in PRESETS), (next(iter(PRESETS)), True)]:
+        network = anima_network(target_layers=preset, use_aspp=use_aspp, **sizes)
+        label = f"Anima LLLite {preset}{' + ASPP' if use_aspp else ''} ({len(network)} modules)"
+        rows.append((label, sum(p.numel() for p in network.parameters())))
+    return tuple(rows)
+
+
+def family_parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dict[str, int]:
+    """:func:`anima_parameter_counts` next to SDXL's LLLite and a full SDXL ControlNet (:func:`parameter_counts`)."""
+    sdxl = {("SDXL " + name if name.startswith("LLLite") else name): count
+            for name, count in parameter_counts(cond_emb_dim, network_dim).items() if name != "SDXL UNet"}
+    return {**sdxl, **anima_parameter_counts(cond_emb_dim, network_dim)}
+
+
+def _activations(module: torch.nn.Module) -> list[str]:
+    """The activations a module applies: its activation layers, and the activation functions its forward calls."""
+    layers = {type(m).__name__ for m in module.modules() if type(m).__module__ == "torch.nn.modules.activation"}
+    called = {name for name in type(module).forward.__code__.co_names if name in ("relu", "silu", "gelu", "tanh", "sigmoid")}
+    return sorted(layers | {{"relu": "ReLU", "silu": "SiLU", "gelu": "GELU"}.get(n, n) for n in called})
+
+
+def family_differences(image_size: int = 1024) -> list[tuple[str, str, str]]:
+    """What differs between SDXL's LLLite and Anima's (kohya's v2), as (aspect, SDXL, Anima) rows, read off
+    kohya's default networks for both models' configurations (meta device).
+
+    Args:
+        image_size: the generated image's side in pixels, for the token grids.
+    """
+    from .anima.module import STRIDE
+    from .anima.names import PRESETS, TARGETS
+    from .anima.network import TRUNK
+
+    unet = sdxl_unet("meta")
+    with torch.device("meta"):
+        sdxl = create_network(unet)
+    anima = anima_network()
+    sdxl_modules = [module for _, module in sdxl.lllite_modules()]
+    sdxl_module, (_, anima_module) = sdxl_modules[0], next(anima.lllite_modules())
+    trunk_count = sum(p.numel() for p in anima.trunk.parameters())
+    own = sum(hasattr(module, "conditioning1") for module in sdxl_modules)
+    latent = (image_size // 8, image_size // 8)
+    grids = sorted({(m.depth, token_grid(latent, m.depth)) for m in sdxl_modules})
+    targets = list(find_targets(unet, up_path=False).values())
+    linears = list(dict.fromkeys(t.path.split(".transformer_blocks.")[-1].split(".", 1)[1] for t in targets))
+    sdxl_blocks = len({t.path.rsplit(".", 2)[0] for t in targets})
+    where = sorted({t.block.sgm.split(".")[0] for t in targets})
+    transformer = _anima_transformer()
+    presets = "; ".join(f"`{name}`: " + ", ".join(d for atomic in atomics for _, d in TARGETS[atomic])
+                        for name, atomics in PRESETS.items())
+    film = getattr(anima_module, "cond_to_film", None)
+    depth = getattr(anima_module, "depth_embed", None)
+
+    def describe(activations: list[str]) -> str:
+        return ", ".join(activations) or "none"
+
+    return [
+        ("conditioning", f"one `conditioning1` in each of the {own} modules",
+         f"one shared trunk `{TRUNK}` ({trunk_count:,} parameters) for all {len(anima)} modules"),
+        ("activation", f"{describe(_activations(sdxl_module))} (modules and their conditioning)",
+         f"{describe(_activations(anima.trunk))} in the trunk, {describe(_activations(anima_module))} in the modules"),
+        ("FiLM", "none" if not hasattr(sdxl_module, "cond_to_film") else "yes",
+         "none" if film is None else f"on `mid`: `cond_to_film` {film.in_features} -> {film.out_features} "
+                                     "(gamma, beta), zero at the start"),
+        ("depth embedding", "none: a module's depth sets its own conv stack" if not hasattr(sdxl_module, "depth_embed")
+         else "yes", "none" if depth is None else f"`depth_embed` {tuple(depth.shape)} per module, added to the "
+                                                  "shared embedding, zero at the start"),
+        (f"token grid at {image_size} px", ", ".join(f"{g[0]}x{g[1]} (depth {d})" for d, g in grids),
+         f"{image_size // STRIDE}x{image_size // STRIDE} for every module (stride {STRIDE} = VAE 8 x patch 2)"),
+        ("targets", ", ".join(f"`{p}`" for p in linears) + f" in the {sdxl_blocks} transformer blocks of "
+         + " and ".join(f"`{w}`" for w in where),
+         f"`target_layers` presets over all {len(transformer.transformer_blocks)} DiT blocks: {presets}"),
+        ("modules at kohya's defaults", str(len(sdxl)), f"{len(anima)} (`self_attn_q`)"),
+        ("parameters at kohya's defaults", f"{sum(p.numel() for p in sdxl.parameters()):,}",
+         f"{sum(p.numel() for p in anima.parameters()):,}"),
+    ]
+
+
+def family_differences_table(image_size: int = 1024):
+    """:func:`family_differences` as a Markdown table."""
+    return markdown_table(family_differences(image_size), ["", "SDXL's LLLite", "Anima's LLLite (kohya's v2)"])
+
+
+@torch.no_grad()
+def trunk_embedding_channels(trunk, control, cell: int = 64, columns: int = 8) -> Image.Image:
+    """The shared trunk's embedding of a control image as pictures: one tile per channel of E, each scaled
+    to its own range, on the DiT's token grid (the image's side / 16).
+
+    Args:
+        trunk: an Anima network's :class:`lllite.anima.ConditioningTrunk` (``network.trunk``).
+        control: the control image (PIL, uint8 numpy or tensor in [-1, 1]), its sides multiples of 16.
+        cell, columns: tile side in pixels; tiles per row.
+    """
+    from .anima.module import STRIDE
+
+    parameter = next(trunk.parameters())
+    image = to_control_tensor(control)[:1].to(parameter.device, parameter.dtype)
+    height, width = image.shape[-2] // STRIDE, image.shape[-1] // STRIDE
+    if (height * STRIDE, width * STRIDE) != tuple(image.shape[-2:]):
+        raise LLLiteError(f"control of {tuple(image.shape[-2:])} pixels: give sides that are multiples of {STRIDE}")
+    tokens = trunk(image)[0].float().cpu()  # (S, E), row-major
+    emb = tokens.transpose(0, 1).reshape(-1, height, width)
+    return _channel_tiles(emb, cell, columns, f"{len(emb)} channels of the shared embedding, {height}x{width} tokens, "
+                                              "each scaled to its range")

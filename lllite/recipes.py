@@ -1,5 +1,5 @@
-"""Training recipes that were measured to work: the toy's (used by the demo and notebook 03 on a CPU)
-and kohya's SDXL canny recipe sized for one Colab GPU (notebook 03 on a GPU).
+"""Training recipes: the toys' (measured; used by the demo and notebook 03 on a CPU), kohya's SDXL canny
+recipe and kohya's recommended Anima start, each sized for one Colab GPU (notebook 03 on a GPU).
 
     from lllite.recipes import ToyRecipe, shapes_dataset, training_config
     settings = ToyRecipe().training_settings()     # TrainConfig fields, all but the data and the output
@@ -126,21 +126,51 @@ def sdxl_colab_settings() -> dict:
                 max_train_seconds=45 * 60, cache_latents=True, cache_text_encoder_outputs=True)
 
 
+def anima_colab_settings(pretrained_model_name_or_path: str) -> dict:
+    """kohya's recommended start for an Anima LLLite (docs/anima_train_control_net_lllite.md, 3.2: E 32,
+    ``lllite_cond_dim`` 64, one ResBlock, M 64, ``self_attn_q``, lr 1e-4, AdamW 8-bit, bf16, gradient
+    checkpointing, cached latents and text outputs) with a batch that fits one Colab GPU and a 45-minute
+    budget, as :class:`lllite.train.TrainConfig` settings.
+
+    Anima's DiT is trained in bf16, native from Ampere on (L4, A100); a T4 emulates it, slowly.
+
+    Args:
+        pretrained_model_name_or_path: real Anima in diffusers' format (a local folder or a hub id).
+    """
+    return dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), model_family="anima",
+                output_name="lllite_anima_canny", cond_emb_dim=32, network_dim=64, lllite_target_layers="self_attn_q",
+                lllite_cond_dim=64, lllite_cond_resblocks=1, lllite_use_aspp=False, learning_rate=1e-4,
+                train_batch_size=2, mixed_precision="bf16", gradient_checkpointing=True, optimizer_type="adamw8bit",
+                max_train_steps=3000, max_train_seconds=45 * 60, cache_latents=True, cache_text_encoder_outputs=True)
+
+
+def recipe_settings(env: Environment) -> dict:
+    """The recipe of the environment's model as :class:`lllite.train.TrainConfig` settings (all but the data
+    and the output): :class:`ToyRecipe` for the toy SDXL, :class:`AnimaToyRecipe` for the toy Anima,
+    :func:`sdxl_colab_settings` for SDXL and :func:`anima_colab_settings` for Anima."""
+    if env.model == "sdxl":
+        return sdxl_colab_settings()
+    if env.model == "anima":
+        return anima_colab_settings(env.anima)
+    return AnimaToyRecipe().training_settings() if env.model == "anima-toy" else ToyRecipe().training_settings()
+
+
 def shapes_dataset(env: Environment, folder: str | os.PathLike, count: int | None = None) -> DatasetConfig:
     """The toy shapes in kohya's layout at the model's size, written once and reused afterwards.
 
     Args:
         env: where it runs (:class:`lllite.notebook.Environment`): the model decides the image size
-            (128 px for the toy, 1024 px for SDXL), quick mode the count.
+            (128 px for the toy SDXL, 64 px for the toy Anima, 1024 px for SDXL and Anima), quick mode the count.
         folder: dataset folder; when ``folder/images`` already holds files they are used as they are.
-        count: samples to write (default 16 in quick mode, else the toy recipe's 2000 for the toy and
-            200 for SDXL).
+        count: samples to write (default 16 in quick mode, else the toy recipe's 2000 for a toy and
+            200 for SDXL and Anima).
     """
     from .toy.shapes import write_dataset
 
     folder = Path(folder)
     if count is None:
-        count = 16 if env.quick else (200 if env.model == "sdxl" else ToyRecipe().train_samples)
+        toy_samples = AnimaToyRecipe().train_samples if env.model == "anima-toy" else ToyRecipe().train_samples
+        count = 16 if env.quick else (toy_samples if env.toy else 200)
     images = folder / "images"
     if not (images.is_dir() and any(images.iterdir())):
         write_dataset(folder, count, size=env.image_size)
@@ -148,8 +178,8 @@ def shapes_dataset(env: Environment, folder: str | os.PathLike, count: int | Non
 
 
 def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | os.PathLike, **changes) -> TrainConfig:
-    """The training recipe for the environment, with a checkpoint and a validation grid every 100 steps:
-    :class:`ToyRecipe` for the toy (about 5 minutes on a CPU), :func:`sdxl_colab_settings` for real SDXL.
+    """The training recipe for the environment (:func:`recipe_settings`), with a checkpoint and a validation
+    grid every 100 steps: about 5 minutes on a CPU for the toys, a 45-minute budget on a GPU for SDXL and Anima.
     Quick mode trains a handful of steps.
 
     Args:
@@ -158,7 +188,7 @@ def training_config(env: Environment, dataset: DatasetConfig, output_dir: str | 
         output_dir: where the kohya file, checkpoints, validation grids and the loss plot go.
         **changes: any :class:`lllite.train.TrainConfig` field, to override the recipe.
     """
-    recipe = sdxl_colab_settings() if env.model == "sdxl" else ToyRecipe().training_settings()
+    recipe = recipe_settings(env)
     recipe.update(dataset_config=dataset, output_dir=str(output_dir), num_validation_images=4, sample_seed=0,
                   save_every_n_steps=100, sample_every_n_steps=100, sample_num_inference_steps=20)
     if env.quick:

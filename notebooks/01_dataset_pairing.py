@@ -39,11 +39,12 @@ import sys
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "lllite @ git+https://github.com/lllite/lllite"], check=True)
 
-MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or force "toy" / "sdxl"
+MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
+ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
 from lllite.notebook import detect_environment
 
-env = detect_environment(MODEL)
+env = detect_environment(MODEL, anima=ANIMA)
 print(env)
 
 # %% [markdown]

@@ -25,8 +25,9 @@
 # where $c$ is the control image, $\mathrm{emb}$ a few strided convolutions that bring it to the
 # block's token grid, and $s$ the strength. This notebook shows the shapes inside a module, counts
 # parameters against a full ControlNet, pictures the embedding, maps where the 136 modules attach in
-# SDXL, and shows why the `up` projection starts at zero. Counts and shapes come from SDXL's
-# configuration alone: nothing is downloaded.
+# SDXL, and shows why the `up` projection starts at zero. Then it sets **Anima's LLLite** (kohya's
+# "v2", for a DiT) beside SDXL's. Counts and shapes come from SDXL's and Anima's configurations
+# alone: nothing is downloaded.
 
 # %%
 # Setup: in Colab, install the project; everywhere, find the GPU and choose the model.
@@ -36,11 +37,12 @@ import sys
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "lllite @ git+https://github.com/lllite/lllite"], check=True)
 
-MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or force "toy" / "sdxl"
+MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
+ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
 from lllite.notebook import detect_environment
 
-env = detect_environment(MODEL)
+env = detect_environment(MODEL, anima=ANIMA)
 print(env)
 
 # %% [markdown]
@@ -182,11 +184,14 @@ markdown_table([(f"`{t.name}`", f"`{t.path}`") for t in (targets[0], targets[8],
 from lllite.architecture import init_comparison
 from lllite.notebook import load_pipeline
 
-pipe = load_pipeline(env)
-steps = 2 if env.quick else 20
-sample = render_sample(7, size=env.image_size)
-grid, changes = init_comparison(pipe, canny(sample.image), sample.caption, num_inference_steps=steps)
-show(grid)
+if env.family == "anima":
+    print("skipped on Anima: this comparison runs SDXL's UNet and its modules (MODEL = 'toy' or 'sdxl')")
+else:
+    pipe = load_pipeline(env)
+    steps = 2 if env.quick else 20
+    sample = render_sample(7, size=env.image_size)
+    grid, changes = init_comparison(pipe, canny(sample.image), sample.caption, num_inference_steps=steps)
+    show(grid)
 
 # %% [markdown]
 # Zero init also decides what learns first. With `up` at zero, the gradient reaches only `up` in the
@@ -196,13 +201,71 @@ show(grid)
 # %%
 from lllite.architecture import INITS, first_step_gradients, fresh_network
 
-rows = []
-for init in INITS:
-    norms = first_step_gradients(pipe.unet, fresh_network(pipe.unet, init), canny(sample.image))
-    rows.append((init, *(f"{norms[part]:.2e}" for part in ("conditioning1", "down", "mid", "up"))))
-markdown_table(rows, ["init", "conditioning1", "down", "mid", "up"])
+if env.family == "anima":
+    print("skipped on Anima: the gradient probe runs SDXL's UNet (MODEL = 'toy' or 'sdxl')")
+else:
+    rows = []
+    for init in INITS:
+        norms = first_step_gradients(pipe.unet, fresh_network(pipe.unet, init), canny(sample.image))
+        rows.append((init, *(f"{norms[part]:.2e}" for part in ("conditioning1", "down", "mid", "up"))))
+    show(markdown_table(rows, ["init", "conditioning1", "down", "mid", "up"]))
+
+# %% [markdown]
+# ## Anima's LLLite (kohya's v2) beside SDXL's
+#
+# Anima is a DiT (Cosmos-Predict2-2B: 28 transformer blocks of width 2048, one token per 2x2 latent
+# patch) where SDXL is a UNet. kohya's LLLite for it keeps the idea (a small module changes the input
+# of some Linears) and changes the parts around it: the control image is embedded **once**, by one
+# deeper trunk, and every module reads that embedding, plus a small per-module offset (`depth_embed`);
+# each module modulates its `mid` with FiLM (a scale and a shift from the embedding). What differs,
+# read off kohya's default network for each model's configuration:
+
+# %%
+from lllite.architecture import family_differences_table
+
+family_differences_table()
+
+# %% [markdown]
+# Inside the trunk (`lllite_conditioning1`) and one module, at Anima's width: the trunk's stride is 16,
+# the VAE's 8 times the DiT's 2x2 patches, so a control image at the generated image's size gives one
+# embedding row per DiT token (64x64 tokens at 1024 px). `target_layers` chooses which Linears get a
+# module: all of them are 2048 wide, so it changes the number of modules, not their shapes.
+
+# %%
+from lllite.anima.names import PRESETS
+from lllite.architecture import anima_module_shapes_table
+
+LiveView(anima_module_shapes_table,
+         image_size=Dropdown(options=[512, 768, 1024, 1536], value=1024, description="image px"),
+         target_layers=ToggleButtons(options=list(PRESETS), value="self_attn_q", description="targets"))
+
+# %% [markdown]
+# Parameters at real Anima's size for each preset (and the lightest with the trunk's optional ASPP
+# tail), beside SDXL's LLLite and a full SDXL ControlNet: Anima's DiT built from its configuration on
+# the `meta` device, then kohya's network created for it.
+
+# %%
+from lllite.architecture import family_parameter_counts
+
+counts = family_parameter_counts()
+show(plot_parameter_counts(counts))
+markdown_table([(name, f"{count:,}", f"{2 * count / 2**20:,.1f} MiB") for name, count in counts.items()],
+               ["", "parameters", "in bf16"])
+
+# %% [markdown]
+# What the shared trunk makes of the toy shape's canny edges: 32 channels on the token grid (a 512 px
+# control, 32x32 tokens). A fresh trunk, so random mixtures again; after its LayerNorm each token's
+# 32 values have mean 0 and spread 1.
+
+# %%
+from lllite.anima import AnimaLLLiteConfig, ConditioningTrunk
+from lllite.architecture import trunk_embedding_channels
+
+torch.manual_seed(0)
+show(trunk_embedding_channels(ConditioningTrunk(AnimaLLLiteConfig()), control, cell=48))
 
 # %% [markdown]
 # ## Next
 #
-# Notebook **03** trains a network like this one; notebook **04** loads one and compares strengths.
+# Notebook **03** trains a network like these (SDXL's, or Anima's with `MODEL = "anima-toy"` or
+# `"anima"`); notebook **04** loads one and compares strengths.

@@ -20,8 +20,10 @@
 # Training keeps SDXL frozen and teaches only the LLLite modules (23 M parameters for kohya's canny
 # network) to predict SDXL's noise better when they see the control image. On a CPU this notebook
 # trains on the **toy world** and learns the canny control of the coloured shapes in about five
-# minutes; on a Colab GPU it trains on **real SDXL** with kohya's canny recipe. Either way it writes a
-# kohya-format `.safetensors` file that kohya's scripts, ComfyUI and notebook 04 can load.
+# minutes; on a Colab GPU it trains on **real SDXL** with kohya's canny recipe. With
+# `MODEL = "anima-toy"` or `"anima"` the same cells train kohya's **Anima** LLLite (v2, notebook 02)
+# on a frozen Anima DiT, which learns to predict the flow's velocity instead of the noise. Either way
+# it writes a kohya-format `.safetensors` file that kohya's scripts, ComfyUI and notebook 04 can load.
 #
 # The loss plot and validation grids (control, strength 0, strength 1) appear below the training
 # cell while it runs and stay as ordinary outputs.
@@ -34,11 +36,12 @@ import sys
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "lllite @ git+https://github.com/lllite/lllite"], check=True)
 
-MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or force "toy" / "sdxl"
+MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
+ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
 from lllite.notebook import detect_environment
 
-env = detect_environment(MODEL)
+env = detect_environment(MODEL, anima=ANIMA)
 print(env)
 
 # %% [markdown]
@@ -76,11 +79,14 @@ else:
 # (`debiased_estimation_loss`), without which those noisy steps hardly move the network; in five
 # minutes on a CPU that weighting took the shape IoU at strength 1 from 0.46 to 0.70. The SDXL
 # recipe is kohya's canny recipe (E 32, M 64, lr 2e-4, AdamW 8-bit, mixed precision, gradient
-# checkpointing, cached latents and text embeddings) with a batch that fits a Colab GPU.
+# checkpointing, cached latents and text embeddings) with a batch that fits a Colab GPU. Anima's are
+# the toy Anima's recipe (`AnimaToyRecipe`: all self-attention inputs, a larger learning rate) and
+# kohya's recommended Anima start (E 32, trunk width 64, one ResBlock, M 64, `self_attn_q`, lr 1e-4,
+# AdamW 8-bit, bf16, gradient checkpointing, cached latents and text outputs).
 # `OVERWRITE = True` starts over in a folder that already holds a run.
 
 # %%
-from lllite.notebook import load_pipeline, markdown_table
+from lllite.notebook import load_pipeline, settings_table
 from lllite.recipes import training_config
 
 OUTPUT_DIR = "runs/03_training"
@@ -88,17 +94,14 @@ OVERWRITE = False
 
 pipe = load_pipeline(env)
 config = training_config(env, dataset, OUTPUT_DIR, overwrite=OVERWRITE)
-shown = ("pretrained_model_name_or_path", "cond_emb_dim", "network_dim", "learning_rate", "train_batch_size",
-         "max_train_steps", "max_train_seconds", "timestep_sampling", "debiased_estimation_loss", "mixed_precision",
-         "optimizer_type", "sample_every_n_steps")
-markdown_table([(f"`{name}`", getattr(config, name)) for name in shown], ["setting", "value"])
+settings_table(config, env.family)
 
 # %% [markdown]
 # ## Train
 #
 # Above the progress bars: the loss plot (redrawn every few seconds) and the newest validation
-# grid. The noise-prediction loss of diffusion training is noisy by nature (it depends on the random
-# timestep more than on the model); watch its moving average, and the validation grids. The stop
+# grid. The loss of diffusion training is noisy by nature (it depends on the random timestep or noise
+# level more than on the model); watch its moving average, and the validation grids. The stop
 # button stops training; the last checkpoint stays in `OUTPUT_DIR`, and
 # `training_config(..., resume="latest")` continues from it.
 
@@ -127,16 +130,15 @@ LiveView(lambda index: open_picture(grids[index]),
 # ## The kohya file
 #
 # Module names, tensor names and metadata follow kohya's format, so the file loads wherever kohya's
-# LLLite files do. `python -m lllite inspect FILE` prints the same summary.
+# LLLite files do (an Anima file carries its architecture in `lllite.*` metadata, which loaders read).
+# `python -m lllite inspect FILE` prints the same summary.
 
 # %%
 import lllite
+from lllite.notebook import file_summary, markdown_table
 
 network = lllite.load(result.weights)
-markdown_table([("modules", len(network)), ("cond_emb_dim", network.cond_emb_dim), ("network_dim", network.network_dim),
-                ("parameters", f"{sum(p.numel() for p in network.parameters()):,}"),
-                *((f"`{key}`", network.metadata[key]) for key in ("ss_network_module", "ss_steps", "ss_sd_model_name"))],
-               ["", "value"])
+markdown_table(file_summary(network), ["", "value"])
 
 # %% [markdown]
 # ## A first look

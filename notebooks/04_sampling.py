@@ -18,7 +18,8 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lllite/lllite/blob/main/notebooks/04_sampling.ipynb)
 #
 # Load an LLLite file (one you trained in notebook 03, or a published one such as kohya's
-# `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline, and see what its
+# `controllllite_v01032064e_sdxl_canny.safetensors`), apply it to an SDXL pipeline (or an Anima LLLite
+# to Anima's, with `MODEL = "anima-toy"` or `"anima"`: the same cells), and see what its
 # settings do: the **strength** (`multiplier`, kohya's name: how much of each module's change is
 # applied), the **step range** (the fractions of the denoising steps where it acts:
 # `control_guidance_start` and `control_guidance_end`, diffusers' names) and the **seed**; then vary
@@ -33,11 +34,12 @@ import sys
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "lllite @ git+https://github.com/lllite/lllite"], check=True)
 
-MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or force "toy" / "sdxl"
+MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
+ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
 from lllite.notebook import detect_environment
 
-env = detect_environment(MODEL)
+env = detect_environment(MODEL, anima=ANIMA)
 print(env)
 
 # %% [markdown]
@@ -46,19 +48,19 @@ print(env)
 # `WEIGHTS` empty: on SDXL, kohya's published canny model is downloaded from the Hugging Face hub (set
 # `WEIGHTS = "runs/03_training/lllite_sdxl_canny.safetensors"` for the one notebook 03 trained); on the
 # toy, the file notebook 03 wrote is used, and if there is none yet a toy network is trained here first
-# (about five minutes on a CPU).
+# (about five minutes on a CPU). On Anima the file notebook 03 wrote is used too (kohya's published
+# files are SDXL's); on real Anima, train one there first or set `WEIGHTS`.
 
 # %%
 import lllite
-from lllite.notebook import find_weights, load_pipeline
+from lllite.notebook import find_weights, load_pipeline, trained_files
 from lllite.recipes import shapes_dataset, training_config
 from lllite.train import train
 
 WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"
 
 pipe = load_pipeline(env)
-trained = ["runs/03_training/lllite_toy_canny.safetensors", "runs/04_sampling/lllite_toy_canny.safetensors"]
-path = find_weights(env, WEIGHTS, trained)
+path = find_weights(env, WEIGHTS, trained_files(env, ["runs/03_training", "runs/04_sampling"]))
 if path is None:
     print("no trained toy network yet: training one (notebook 03 shows how)")
     config = training_config(env, shapes_dataset(env, "runs/shapes"), "runs/04_sampling",
@@ -91,8 +93,8 @@ sample = eval_samples(1, seed=1, size=env.image_size)[0]
 source = np.asarray(Image.open(IMAGE).convert("RGB").resize((env.image_size, env.image_size))) if IMAGE else sample.image
 control = canny(source)
 prompt = PROMPT or sample.caption
-steps = 2 if env.quick else (30 if env.model == "sdxl" else 20)
-batch = 2 if env.model == "sdxl" else 8  # images per pipeline call; SDXL at 1024 px needs GPU memory
+steps = 2 if env.quick else (20 if env.toy else 30)
+batch = 8 if env.toy else 2  # images per pipeline call; SDXL and Anima at 1024 px need GPU memory
 show(image_grid([[Image.fromarray(source), Image.fromarray(control)]], ["source", "control: canny 100/200"], title=prompt))
 
 # %% [markdown]
@@ -198,7 +200,7 @@ show(mask_grid(pipe, network, control, prompt, left, seeds=seeds, num_inference_
 from lllite.evaluate import fidelity_by_strength, plot_fidelity
 from lllite.notebook import markdown_table
 
-held_out = eval_samples(2 if env.quick else (8 if env.model == "sdxl" else 32), size=env.image_size)
+held_out = eval_samples(2 if env.quick else (32 if env.toy else 8), size=env.image_size)
 fidelity = fidelity_by_strength(pipe, network, held_out, num_inference_steps=steps, batch_size=batch)
 show(plot_fidelity(fidelity))
 iou, edge_f = fidelity.means("iou"), fidelity.means("edge_f")

@@ -5,6 +5,8 @@ import functools
 import json
 import os
 import time
+import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -19,9 +21,11 @@ from PIL import Image
 from lllite.conditioning import canny
 from lllite.data import SubsetConfig, pair_subset
 from lllite.notebook import (
-    Environment, LiveView, TrainingMonitor, canny_view, control_view, detect_environment, find_weights,
-    markdown_table, pair_view, quick_mode, schedule_view, unused_path, validation_grids,
+    Environment, LiveView, TrainingMonitor, canny_view, control_view, detect_environment, file_summary, find_weights,
+    load_pipeline, markdown_table, pair_view, quick_mode, schedule_view, settings_table, trained_files, unused_path,
+    validation_grids,
 )
+from lllite.errors import LLLiteError
 from lllite.toy import build_pipeline
 from lllite.toy.shapes import render_sample, write_dataset
 
@@ -64,6 +68,46 @@ def test_without_a_gpu_auto_chooses_the_toy_and_sdxl_can_still_be_forced():
 def test_an_unknown_model_choice_names_the_variable():
     with pytest.raises(ValueError, match="MODEL = 'sd15'"):
         detect_environment("sd15")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
+def test_the_toy_anima_is_a_64_pixel_anima_model_and_sdxls_choices_keep_their_family():
+    env = detect_environment("anima-toy", {})
+    assert (env.model, env.family, env.toy, env.image_size, env.anima) == ("anima-toy", "anima", True, 64, None)
+    toy = detect_environment("toy", {})
+    assert (toy.family, toy.toy, toy.image_size) == ("sdxl", True, 128)
+    assert "toy Anima" in str(env)
+
+
+def test_real_anima_comes_from_the_anima_argument_or_lllite_anima_and_is_1024_pixels():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no GPU here
+        given = detect_environment("anima", {}, anima="/models/anima")
+        from_environ = detect_environment("anima", {"LLLITE_ANIMA": "circlestone-labs/anima-diffusers"})
+    assert (given.family, given.toy, given.image_size, given.anima) == ("anima", False, 1024, "/models/anima")
+    assert from_environ.anima == "circlestone-labs/anima-diffusers" and "anima-diffusers" in str(from_environ)
+
+
+def test_real_anima_without_a_model_says_how_to_get_one():
+    with pytest.raises(LLLiteError, match="set ANIMA .*LLLITE_ANIMA.*convert_anima_to_diffusers.py"):
+        detect_environment("anima", {})
+
+
+def test_lllite_model_chooses_the_model_where_the_notebook_says_auto():
+    assert detect_environment("auto", {"LLLITE_MODEL": "anima-toy"}).model == "anima-toy"
+    assert detect_environment("toy", {"LLLITE_MODEL": "anima-toy"}).model == "toy"
+    with pytest.raises(LLLiteError, match="LLLITE_MODEL='sd3'"):
+        detect_environment("auto", {"LLLITE_MODEL": "sd3"})
+
+
+def test_load_pipeline_loads_the_toy_anima_as_an_anima_pipeline_in_float32(monkeypatch):
+    calls = []
+    monkeypatch.setattr("lllite.pipelines.load_pipeline", lambda name, **options: calls.append((name, options)))
+    load_pipeline(Environment(False, None, "cpu", "anima-toy", True))
+    load_pipeline(Environment(False, "H100", "cuda", "anima", False, anima="/models/anima"))
+    load_pipeline(TOY_CPU)
+    assert [(name, o.get("model_family", "auto"), o["dtype"]) for name, o in calls] == [
+        ("toy", "anima", torch.float32), ("/models/anima", "anima", torch.bfloat16), ("toy", "auto", torch.float32)]
 
 
 # ------------------------------------------------------------------------------------------ live views
@@ -182,6 +226,23 @@ def test_on_step_draws_the_loss_plot_live_at_most_once_per_interval(tmp_path):
 # ------------------------------------------------------------------------------------------ 04: sampling
 
 
+def test_trained_files_name_each_recipes_file_in_the_given_folders(tmp_path):
+    anima_toy = Environment(False, None, "cpu", "anima-toy", True)
+    assert trained_files(anima_toy, ["runs/03", "runs/04"]) == [Path("runs/03/lllite_toy_anima_canny.safetensors"),
+                                                                Path("runs/04/lllite_toy_anima_canny.safetensors")]
+    assert trained_files(TOY_CPU, ["runs/03"]) == [Path("runs/03/lllite_toy_canny.safetensors")]
+
+
+def test_real_anima_without_a_trained_file_asks_for_one_and_the_toy_anima_trains_first(tmp_path):
+    anima = Environment(False, "H100", "cuda", "anima", False, anima="/models/anima")
+    with pytest.raises(LLLiteError, match="no Anima LLLite file yet .*notebook 03.*WEIGHTS"):
+        find_weights(anima, None, [tmp_path / "a.safetensors"])
+    assert find_weights(Environment(False, None, "cpu", "anima-toy", True), None, [tmp_path / "a.safetensors"]) is None
+    trained = tmp_path / "b.safetensors"
+    trained.write_bytes(b"")
+    assert find_weights(anima, None, [tmp_path / "a.safetensors", trained]) == trained
+
+
 def test_find_weights_prefers_the_users_file_then_the_first_trained_one(tmp_path):
     later = tmp_path / "b.safetensors"
     later.write_bytes(b"")
@@ -231,3 +292,22 @@ def test_unused_path_never_points_at_an_existing_file(tmp_path):
     first.write_bytes(b"")
     (tmp_path / "grid-1.png").write_bytes(b"")
     assert unused_path(first) == tmp_path / "grid-2.png"
+
+
+def test_the_file_summary_shows_the_v2_architecture_keys_of_an_anima_file(anima_transformer, tmp_path):
+    import lllite
+    from lllite.anima import create_network
+
+    path = create_network(anima_transformer, target_layers="self_attn_qkv").save(tmp_path / "anima.safetensors",
+                                                                                 metadata={"ss_steps": "7"})
+    rows = dict(file_summary(lllite.load(path)))
+    assert rows["modules"] == 2 * 3 and rows["`lllite.target_atomics`"] == "self_attn_q_pre,self_attn_kv_pre"
+    assert rows["`modelspec.architecture`"] == "anima-preview/control-net-lllite" and rows["`ss_steps`"] == "7"
+
+
+def test_the_settings_table_shows_the_anima_options_for_anima():
+    from lllite.recipes import AnimaToyRecipe
+    from lllite.train import TrainConfig
+
+    table = settings_table(TrainConfig(**AnimaToyRecipe().training_settings()), "anima").data
+    assert "| `lllite_target_layers` | self_attn_qkv |" in table and "debiased" not in table

@@ -38,7 +38,7 @@ def test_the_first_cells_offer_colab_and_install_the_project_there(name):
     first_code = next(c.source for c in source.cells if c.cell_type == "code")
     assert f"https://colab.research.google.com/github/lllite/lllite/blob/main/notebooks/{name}.ipynb" in first_markdown
     assert '"google.colab" in sys.modules' in first_code and "git+https://github.com/lllite/lllite" in first_code
-    assert "detect_environment(MODEL)" in first_code
+    assert "detect_environment(MODEL, anima=ANIMA)" in first_code
     every_source = "\n".join(c.source for c in source.cells)
     assert every_source.count("https://github.com/lllite/lllite") == 1
 
@@ -67,13 +67,15 @@ def _failed_cell(notebook) -> str:
     return "no cell recorded the error"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_the_notebook_runs_top_to_bottom_on_a_cpu_in_quick_mode(name, workdir):
+def _execute(name: str, workdir: Path, **environ: str):
+    """Run a notebook's cells in a fresh kernel in quick mode on the CPU; returns the executed notebook, or
+    fails the test with the failing cell and the end of its traceback."""
     notebook = jupytext.read(NOTEBOOKS / f"{name}.py")
     # The kernel imports the package from this checkout, whatever else is installed; it runs the toy's
     # tiny kernels on one thread, which beats a thread pool when the cores are shared.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "LLLITE_QUICK": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "LLLITE_QUICK": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
+           **environ}
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     try:
@@ -83,8 +85,40 @@ def test_the_notebook_runs_top_to_bottom_on_a_cpu_in_quick_mode(name, workdir):
         failure = _failed_cell(notebook)
     if failure is not None:  # outside the except block: the report shows the cell, not nbclient's chained error
         pytest.fail(f"notebooks/{name}.py failed at {failure}", pytrace=False)
+    return notebook
+
+
+def _check_outputs(name: str, notebook) -> None:
     outputs = [o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     pictures = [o for o in outputs if "image/png" in o]
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o]
     assert len(pictures) >= 2, f"notebooks/{name} shows {len(pictures)} picture(s) as ordinary outputs"
     assert widgets, f"notebooks/{name} has no widget controls"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_notebook_runs_top_to_bottom_on_a_cpu_in_quick_mode(name, workdir):
+    notebook = _execute(name, workdir)
+    _check_outputs(name, notebook)
+
+
+#: The notebooks with an Anima path (notebook 01 prepares data, the same for both families).
+ANIMA_NAMES = ["02_architecture", "03_training", "04_sampling"]
+
+
+@pytest.fixture(scope="module")
+def anima_workdir(tmp_path_factory):
+    """The toy Anima's runs in their own folder: its shapes are 64 px and its files Anima's."""
+    return tmp_path_factory.mktemp("notebooks_anima")
+
+
+@pytest.mark.parametrize("name", ANIMA_NAMES)
+def test_the_notebook_runs_top_to_bottom_on_the_toy_anima_in_quick_mode(name, anima_workdir):
+    from lllite.anima import toy
+
+    if name != "02_architecture" and not (toy.WEIGHTS_DIR / "modular_model_index.json").is_file():
+        pytest.fail(f"notebooks/{name}.py loads the toy Anima, whose weights are missing from {toy.WEIGHTS_DIR}: "
+                    f"create them with `{toy.PRETRAIN_COMMAND}`", pytrace=False)
+    notebook = _execute(name, anima_workdir, LLLITE_MODEL="anima-toy")
+    assert "model: the toy Anima" in "".join(o.get("text", "") for o in notebook.cells[1].outputs)
+    _check_outputs(name, notebook)
