@@ -32,16 +32,6 @@ VARIANTS = {
 TEXT_TOKENS = 512  # the LLM adapter pads its output to 512 tokens
 
 
-def anima_dit_meta():
-    from diffusers import CosmosTransformer3DModel
-
-    from lllite.anima.toy import REAL_ANIMA
-
-    config = {**REAL_ANIMA["transformer"], "concat_padding_mask": False}  # its resize needs torchvision; no FLOPs
-    with torch.device("meta"):
-        return CosmosTransformer3DModel(**config).eval()
-
-
 def flops(fn) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         fn()
@@ -50,9 +40,11 @@ def flops(fn) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     from lllite.anima import create_network
+    from lllite.architecture import anima_transformer
 
     config = parse_config("anima_counts", __doc__.splitlines()[0], sizes=[512, 1024], quick_sizes=[512], argv=argv)
-    dit = anima_dit_meta()
+    # the padding-mask channel (8192 weights, no FLOPs) is resized by torchvision, which runs without it here
+    dit = anima_transformer(concat_padding_mask=False).eval()
     networks = {name: create_network(dit, **options) for name, options in VARIANTS.items()}  # real weights, CPU
     parameters = {"dit": parameter_count(dit), **{name: parameter_count(n) for name, n in networks.items()}}
     files = {}

@@ -287,16 +287,21 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
 # ------------------------------------------------------------------------------------------ Anima (kohya's v2)
 
 
-def anima_transformer():
+def anima_transformer(**changes):
     """Anima's DiT (diffusers' ``CosmosTransformer3DModel`` as the conversion script configures Cosmos-Predict2-2B,
-    with :data:`lllite.anima.toy.REAL_ANIMA`'s sizes) on the ``meta`` device: shapes without weights or memory."""
+    with :data:`lllite.anima.toy.REAL_ANIMA`'s sizes) on the ``meta`` device: shapes without weights or memory.
+
+    Args:
+        changes: configuration fields to change, e.g. ``concat_padding_mask=False`` to call it where torchvision
+            (which resizes the padding mask) is not installed.
+    """
     from diffusers import CosmosTransformer3DModel
 
     from .anima.toy import REAL_ANIMA
 
+    config = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, max_size=(128, 240, 240), **REAL_ANIMA["transformer"])
     with torch.device("meta"):
-        return CosmosTransformer3DModel(in_channels=16, out_channels=16, mlp_ratio=4.0, max_size=(128, 240, 240),
-                                        **REAL_ANIMA["transformer"])
+        return CosmosTransformer3DModel(**{**config, **changes})
 
 
 @functools.lru_cache(maxsize=1)
