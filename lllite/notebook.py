@@ -95,6 +95,12 @@ class Environment:
         return self.model in ("toy", "anima-toy")
 
     @property
+    def runs(self) -> Path:
+        """The notebooks' working folder for this model, ``runs/<model>``: data and runs of one model never
+        meet another's (the toy SDXL's 128 px shapes are not the toy Anima's 64 px ones)."""
+        return Path("runs") / self.model
+
+    @property
     def image_size(self) -> int:
         """The side in pixels that the model was trained at: 1024 for SDXL and Anima, 128 for the toy SDXL,
         64 for the toy Anima."""

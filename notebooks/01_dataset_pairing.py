@@ -67,7 +67,7 @@ from lllite.recipes import shapes_dataset
 DATA_DIR = None  # e.g. "/content/drive/MyDrive/my_dataset"
 
 if DATA_DIR is None:
-    dataset = shapes_dataset(env, "runs/shapes")
+    dataset = shapes_dataset(env, env.runs / "shapes")
     image_dir, conditioning_dir = dataset.subsets[0].image_dir, dataset.subsets[0].conditioning_data_dir
 else:
     image_dir, conditioning_dir = Path(DATA_DIR) / "images", Path(DATA_DIR) / "conditioning"

@@ -61,7 +61,7 @@ from lllite.recipes import shapes_dataset
 DATA_DIR = None  # a folder, e.g. "/content/drive/MyDrive/my_dataset", or a dataset .toml
 
 if DATA_DIR is None:
-    dataset = shapes_dataset(env, "runs/shapes")
+    dataset = shapes_dataset(env, env.runs / "shapes")
 elif str(DATA_DIR).endswith(".toml"):
     dataset = load_dataset_config(DATA_DIR)
 else:
@@ -89,7 +89,7 @@ else:
 from lllite.notebook import load_pipeline, settings_table
 from lllite.recipes import training_config
 
-OUTPUT_DIR = "runs/03_training"
+OUTPUT_DIR = env.runs / "03_training"
 OVERWRITE = False
 
 pipe = load_pipeline(env)

@@ -46,7 +46,7 @@ print(env)
 # ## The pipeline and the LLLite file
 #
 # `WEIGHTS` empty: on SDXL, kohya's published canny model is downloaded from the Hugging Face hub (set
-# `WEIGHTS = "runs/03_training/lllite_sdxl_canny.safetensors"` for the one notebook 03 trained); on the
+# `WEIGHTS = "runs/sdxl/03_training/lllite_sdxl_canny.safetensors"` for the one notebook 03 trained); on the
 # toy, the file notebook 03 wrote is used, and if there is none yet a toy network is trained here first
 # (about five minutes on a CPU). On Anima the file notebook 03 wrote is used too (kohya's published
 # files are SDXL's); on real Anima, train one there first or set `WEIGHTS`.
@@ -60,10 +60,10 @@ from lllite.train import train
 WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"
 
 pipe = load_pipeline(env)
-path = find_weights(env, WEIGHTS, trained_files(env, ["runs/03_training", "runs/04_sampling"]))
+path = find_weights(env, WEIGHTS, trained_files(env, [env.runs / "03_training", env.runs / "04_sampling"]))
 if path is None:
     print("no trained toy network yet: training one (notebook 03 shows how)")
-    config = training_config(env, shapes_dataset(env, "runs/shapes"), "runs/04_sampling",
+    config = training_config(env, shapes_dataset(env, env.runs / "shapes"), env.runs / "04_sampling",
                              save_every_n_steps=None, sample_every_n_steps=None)
     result = train(config, pipe)
     result.network.remove()
@@ -133,7 +133,7 @@ rows = eval_samples(2 if env.quick else 3, seed=2, size=env.image_size)
 grid = strength_grid(pipe, network, [canny(s.image) for s in rows], [s.caption for s in rows],
                      seeds=[0] if env.quick else [0, 1], num_inference_steps=steps, batch_size=batch)
 show(grid)
-saved = save_png(grid, unused_path("runs/04_sampling/strength_grid.png"))
+saved = save_png(grid, unused_path(env.runs / "04_sampling" / "strength_grid.png"))
 print(f"{saved}: the first cell was made with {json.loads(Image.open(saved).info['parameters'])[0][0]}")
 
 # %% [markdown]
