@@ -26,7 +26,7 @@ MODEL_FAMILIES = ("auto", "sdxl", "anima")
 
 
 class PipelineLoadError(LLLiteError):
-    """A model name or path that does not load as an SDXL pipeline."""
+    """A model name or path that does not load as the pipeline asked for (SDXL, or Anima in :mod:`lllite.anima.pipeline`)."""
 
 
 def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype = torch.float32,

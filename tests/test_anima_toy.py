@@ -8,8 +8,9 @@ from diffusers import (AnimaModularPipeline, AnimaTextConditioner, AutoencoderKL
 from transformers import Qwen2Tokenizer, Qwen3Model, T5TokenizerFast
 
 from lllite.anima import toy
-from lllite.anima.pipeline import (INDEX_FILE, decode_latents, encode_images, encode_prompts, generate,
+from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
                                    load_anima_pipeline, save_anima_pipeline, to_uint8_images, transformer_inputs)
+from lllite.pipelines import MODULAR_INDEX
 from lllite.errors import InputMissingError
 from lllite.pipelines import PipelineLoadError
 from lllite.toy.pipeline import CAPTION_WORDS
@@ -192,7 +193,7 @@ def test_a_saved_pipeline_reloads_equal_even_after_its_folder_moved(pipe, tmp_pa
 def test_the_saved_index_records_the_folder_as_given(pipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_anima_pipeline(pipe, "relative")
-    assert '"pretrained_model_name_or_path": "relative"' in (tmp_path / "relative" / INDEX_FILE).read_text()
+    assert '"pretrained_model_name_or_path": "relative"' in (tmp_path / "relative" / MODULAR_INDEX).read_text()
 
 
 def test_a_folder_that_is_not_a_diffusers_anima_folder_is_refused_naming_the_argument(tmp_path):

@@ -2,7 +2,8 @@
 
 A step draws noise and a noise level ``t`` in (0, 1) per sample, mixes ``x_t = (1 - t) x_0 + t noise``,
 and the DiT, given ``t`` as its timestep, predicts the velocity ``noise - x_0``; the loss is its mean
-squared error per sample, times an optional weight of ``t``, averaged over the batch.
+squared error per sample, times an optional weight of ``t``, averaged over the batch
+(:func:`lllite.objective.noise_loss`, the same reduction as SDXL's with the velocity as the target).
 
 How ``t`` is drawn (kohya's ``timestep_sampling``; default ``sigmoid``):
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 TIMESTEP_SAMPLINGS = ("sigmoid", "uniform", "shift", "flux_shift", "sigma")
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
@@ -81,9 +81,3 @@ def loss_weights(kind: str, sigmas: torch.Tensor) -> torch.Tensor:
     if kind == "cosmap":
         return 2 / (math.pi * (1 - 2 * sigmas + 2 * sigmas ** 2))
     raise ValueError(f"weighting_scheme {kind!r} is not one of {list(WEIGHTING_SCHEMES)}")
-
-
-def flow_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Each sample's mean squared error (float32), times its weight, averaged over the batch."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, target.dim())))
-    return (per_sample if weights is None else per_sample * weights).mean()

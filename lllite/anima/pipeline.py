@@ -24,10 +24,8 @@ from PIL import Image
 
 from lllite.errors import InputMissingError
 from lllite.files import write_folder_atomic
-from lllite.pipelines import TOY, PipelineLoadError
+from lllite.pipelines import MODULAR_INDEX, TOY, PipelineLoadError
 
-#: The modular pipeline's index file, which ``save_pretrained`` writes and ``from_pretrained`` reads.
-INDEX_FILE = "modular_model_index.json"
 #: What the text encoder step passes as ``max_sequence_length`` unless told otherwise (diffusers' default).
 MAX_SEQUENCE_LENGTH = 512
 
@@ -59,13 +57,13 @@ def load_anima_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.d
     if str(name_or_path) == TOY and not path.exists():
         from lllite.anima import toy
 
-        if not (toy.WEIGHTS_DIR / INDEX_FILE).is_file():
+        if not (toy.WEIGHTS_DIR / MODULAR_INDEX).is_file():
             raise InputMissingError(f"{what} {TOY!r}: the toy Anima weights are missing from {toy.WEIGHTS_DIR}; "
                                     f"create them with `{toy.PRETRAIN_COMMAND}`")
         path = toy.WEIGHTS_DIR
     local = path.is_dir()
-    if path.exists() and not (local and (path / INDEX_FILE).is_file()):
-        raise PipelineLoadError(f"{what} {str(name_or_path)!r} is not a diffusers Anima folder (no {INDEX_FILE} in "
+    if path.exists() and not (local and (path / MODULAR_INDEX).is_file()):
+        raise PipelineLoadError(f"{what} {str(name_or_path)!r} is not a diffusers Anima folder (no {MODULAR_INDEX} in "
                                 f"it); give a folder written by save_pretrained, a hub id, or {TOY!r}")
     source = str(path) if local else str(name_or_path)
     try:
@@ -101,7 +99,7 @@ def save_anima_pipeline(pipe, out_dir: str | os.PathLike) -> Path:
     """
     def write(folder: Path) -> None:
         pipe.save_pretrained(str(folder), overwrite_modular_index=True)
-        index_path = folder / INDEX_FILE
+        index_path = folder / MODULAR_INDEX
         index = json.loads(index_path.read_text())
         for name in _components_to_load(pipe):
             if isinstance(index.get(name), list) and len(index[name]) == 3:

@@ -1,0 +1,276 @@
+"""Pretrain the toy Anima on coloured shapes, so that "a red circle" draws a red circle.
+
+Run: ``python -m lllite.anima.pretrain --overwrite`` (one process; the time it took and the quality gate are
+printed at the end). It trains the Qwen-Image VAE (the toy SDXL's shape-weighted reconstruction loss), sets the
+VAE's ``latents_mean`` / ``latents_std`` to the training latents' per-channel statistics (as Qwen-Image's config
+holds its own), then trains the DiT together with the LLM adapter and the Qwen3 text encoder with Anima's
+rectified-flow objective (:mod:`lllite.anima.objective`), writes the pipeline into ``lllite/anima/weights``
+(float16) and prints the quality gate: per caption, the fraction of seeds that show a blob of the caption's
+colour with a plausible size.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lllite.anima.objective import noisy_latents, sample_sigmas, velocity
+from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
+                                   save_anima_pipeline, to_uint8_images, transformer_inputs)
+from lllite.anima.toy import WEIGHTS_DIR, build_pipeline
+from lllite.pipelines import MODULAR_INDEX
+from lllite.errors import LLLiteError, OutputExistsError
+from lllite.images import from_uint8, to_uint8
+from lllite.metrics import has_colour_blob, shape_iou
+from lllite.objective import lr_factor, noise_loss
+from lllite.toy.pretrain import MIN_LR_RATE, image_gradients, outline_band, render_training_set
+from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of the toy Anima's pretraining; the defaults produce the shipped weights."""
+
+    seed: int = 0
+    train_samples: int = 2000
+    image_size: int = 64
+    # Each stage stops at its step count or its time budget, whichever comes first: the whole pretraining
+    # must fit in 25 minutes on a shared 2-core machine. The learning rate's cosine follows whichever is
+    # further along, so a stage stopped by its budget still ends at its lowest rate.
+    vae_steps: int = 4000
+    vae_minutes: float = 9.0
+    vae_batch: int = 8
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-7
+    # As in the toy SDXL (lllite.toy.pretrain): the shape's pixels and its outline weigh more, and an L1 term
+    # on image gradients keeps edges sharp.
+    shape_weight: float = 8.0
+    edge_weight: float = 20.0
+    edge_band_px: int = 1
+    gradient_weight: float = 1.0
+    initial_logvar: float = -6.0
+    dit_steps: int = 12000
+    dit_minutes: float = 11.0
+    dit_batch: int = 32
+    dit_lr: float = 1e-3
+    # The text encoder and the adapter learn with the DiT: a random Qwen3 would barely tell the colours apart.
+    text_lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    # A dropped caption becomes the empty prompt, which sampling feeds as the negative prompt.
+    caption_dropout: float = 0.1
+    gate_seeds: int = 16
+    gate_steps: int = 20
+    guidance_scale: float = 4.0
+    out_dir: Path = WEIGHTS_DIR
+    # One thread: the toy's kernels are too small to gain much from two, and on a CPU shared with other work
+    # two OpenMP threads wait on each other (the VAE ran 5.3 steps/s with two threads on an idle 2-core
+    # machine, 3.4 with one, and 1.5 with two while another process kept one core busy).
+    threads: int = 1
+
+
+class PretrainError(LLLiteError):
+    """A pretraining setting that cannot work; the message names it and what would."""
+
+
+def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
+    """Shape- and outline-weighted MSE of the reconstruction, an L1 term on image gradients, a small KL term.
+
+    The images go through as one-frame videos (B, 3, 1, H, W), as the pipeline's encode and decode steps pass them.
+    """
+    # A small posterior std from the start: at std 1 the sampled latents are mostly noise for a long while.
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.z_dim :] = cfg.initial_logvar
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    started, done = time.monotonic(), 0
+    progress = tqdm(range(cfg.vae_steps), desc="VAE", unit="step", mininterval=10)
+    for step in progress:
+        time_used = (time.monotonic() - started) / (60 * cfg.vae_minutes)
+        if time_used >= 1:
+            break
+        done = step + 1
+        optimizer.param_groups[0]["lr"] = cfg.vae_lr * lr_factor("cosine", step, cfg.warmup_steps, cfg.vae_steps,
+                                                                  time_used, MIN_LR_RATE)
+        index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
+        batch, mask = pixels[index], masks[index]
+        weight = 1 + cfg.shape_weight * mask + cfg.edge_weight * outline_band(mask, cfg.edge_band_px)
+        posterior = vae.encode(batch.unsqueeze(2)).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample[:, :, 0]
+        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean()
+        gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
+        kl = posterior.kl().mean()
+        loss = reconstruction_loss + cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(mse=f"{reconstruction_loss.item():.4f}", kl=f"{kl.item():.0f}")
+    progress.close()
+    print(f"VAE: {done} steps in {(time.monotonic() - started) / 60:.1f} min")
+    vae.eval()
+    vae.requires_grad_(False)
+
+
+@torch.no_grad()
+def set_latent_statistics(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """Set the VAE config's ``latents_mean`` / ``latents_std`` to the per-channel statistics of the training
+    images' latents, and return those latents normalised (:func:`encode_images`), (N, 16, h, w)."""
+    vae = pipe.vae
+    vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
+    raw = torch.cat([encode_images(pipe, pixels[start : start + 64]) for start in range(0, len(pixels), 64)])
+    mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3))
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    return (raw - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def train_dit(pipe, latents: torch.Tensor, captions: list[str], cfg: PretrainConfig) -> None:
+    """Rectified flow (:mod:`lllite.anima.objective`) on the DiT, the adapter and the text encoder, with the
+    transformer called exactly as sampling calls it (:func:`transformer_inputs`). Every step encodes the twelve
+    distinct captions and the empty prompt once and indexes them. The saved weights are an exponential moving
+    average of all three."""
+    distinct = sorted(set(captions)) + [""]
+    empty = len(distinct) - 1
+    caption_index = torch.tensor([distinct.index(caption) for caption in captions])
+    trained = torch.nn.ModuleList([pipe.transformer, pipe.text_conditioner, pipe.text_encoder])
+    trained.requires_grad_(True)
+    ema = copy.deepcopy(trained).requires_grad_(False)
+    trained.train()
+    text_parameters = [*pipe.text_conditioner.parameters(), *pipe.text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(
+        [{"params": pipe.transformer.parameters(), "lr": cfg.dit_lr}, {"params": text_parameters, "lr": cfg.text_lr}],
+        weight_decay=0.01,
+    )
+    peak_rates = [group["lr"] for group in optimizer.param_groups]
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    started, done = time.monotonic(), 0
+    progress = tqdm(range(cfg.dit_steps), desc="DiT", unit="step", mininterval=10)
+    running = None
+    for step in progress:
+        time_used = (time.monotonic() - started) / (60 * cfg.dit_minutes)
+        if time_used >= 1:
+            break
+        done = step + 1
+        factor = lr_factor("cosine", step, cfg.warmup_steps, cfg.dit_steps, time_used, MIN_LR_RATE)
+        for group, peak in zip(optimizer.param_groups, peak_rates):
+            group["lr"] = peak * factor
+        index = torch.randint(len(latents), (cfg.dit_batch,), generator=generator)
+        clean = latents[index]
+        noise = torch.randn(clean.shape, generator=generator)
+        sigmas = sample_sigmas("sigmoid", cfg.dit_batch, generator)
+        keep = torch.rand(cfg.dit_batch, generator=generator) >= cfg.caption_dropout
+        text = encode_prompts(pipe, distinct)["encoder_hidden_states"]
+        prompt_index = torch.where(keep, caption_index[index], torch.full_like(index, empty))
+        inputs = transformer_inputs(noisy_latents(clean, noise, sigmas), sigmas, text[prompt_index])
+        prediction = pipe.transformer(**inputs, return_dict=False)[0][:, :, 0]
+        loss = noise_loss(prediction, velocity(clean, noise))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        optimizer.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, current in zip(ema.parameters(), trained.parameters()):
+                averaged.lerp_(current, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}")
+    progress.close()
+    print(f"DiT: {done} steps in {(time.monotonic() - started) / 60:.1f} min, final loss (running mean) {running:.4f}")
+    trained.load_state_dict(ema.state_dict())
+    trained.eval()
+    trained.requires_grad_(False)
+
+
+@torch.no_grad()
+def vae_round_trip_iou(pipe, size: int, count: int = 48) -> dict[str, float]:
+    """Encode and decode held-out shapes: a colour the VAE loses here, no DiT can draw."""
+    samples = eval_samples(count, seed=1, size=size)
+    pixels = from_uint8(np.stack([s.image for s in samples]))
+    images = to_uint8(decode_latents(pipe, encode_images(pipe, pixels)))
+    scores: dict[str, list[float]] = {}
+    for sample, image in zip(samples, images):
+        scores.setdefault(sample.colour, []).append(shape_iou(image, sample.mask, sample.colour))
+    return {colour: sum(v) / len(v) for colour, v in sorted(scores.items())}
+
+
+@torch.no_grad()
+def quality_gate(pipe, seeds: int = 16, num_inference_steps: int = 20, guidance_scale: float = 4.0,
+                 size: int = 64) -> dict[str, float]:
+    """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour with a
+    plausible size (:func:`lllite.metrics.has_colour_blob`), sampled by the pipeline itself (:func:`generate`)."""
+    rates = {}
+    for colour in COLOURS:
+        for shape in SHAPES:
+            caption = caption_for(colour, shape)
+            images = generate(pipe, [caption] * seeds, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, height=size, width=size,
+                              generator=[torch.Generator().manual_seed(seed) for seed in range(seeds)])
+            rates[caption] = float(np.mean([has_colour_blob(image, colour) for image in to_uint8_images(images)]))
+    return rates
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, float]:
+    """Train the toy Anima, save it to ``cfg.out_dir`` (float16) and return the quality gate's rates."""
+    if cfg.image_size % 16:
+        raise PretrainError(f"image_size must be a multiple of 16 (VAE 8 x patch 2), got {cfg.image_size}")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    pipe = build_pipeline("toy", seed=cfg.seed)
+    started = time.monotonic()
+    pixels, masks, captions = render_training_set(cfg)
+
+    train_vae(pipe.vae, pixels, masks, cfg)
+    latents = set_latent_statistics(pipe, pixels)
+    print("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
+        f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
+    print(f"VAE done after {(time.monotonic() - started) / 60:.1f} min")
+    del pixels, masks
+
+    train_dit(pipe, latents, captions, cfg)
+    print(f"training took {(time.monotonic() - started) / 60:.1f} min")
+
+    # The shipped copy is float16 (half the size); the gate below samples the float32 weights just trained.
+    save_anima_pipeline(pipe.to(torch.float16), cfg.out_dir)
+    pipe.to(torch.float32)
+    size_mb = sum(path.stat().st_size for path in Path(cfg.out_dir).rglob("*") if path.is_file()) / 2**20
+    print(f"saved the toy Anima to {cfg.out_dir} ({size_mb:.1f} MB)")
+
+    rates = quality_gate(pipe, cfg.gate_seeds, cfg.gate_steps, cfg.guidance_scale, cfg.image_size)
+    for caption, rate in rates.items():
+        print(f"  {caption:<18} {rate:6.1%}")
+    worst = min(rates.values())
+    print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= 0.8 else 'FAIL'}")
+    print(f"pretraining and gate took {(time.monotonic() - started) / 60:.1f} min in all")
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = PretrainConfig()
+    for field in fields(PretrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --out-dir")
+    args = parser.parse_args(argv)
+    overwrite = args.__dict__.pop("overwrite")
+    cfg = PretrainConfig(**vars(args))
+    try:
+        if (Path(cfg.out_dir) / MODULAR_INDEX).exists() and not overwrite:
+            raise OutputExistsError(f"{cfg.out_dir} already holds a pipeline; pass --overwrite to replace it")
+        rates = pretrain(cfg)
+    except LLLiteError as error:  # exit status 1: 2 says that the pipeline was written but failed its gate
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0 if min(rates.values()) >= 0.8 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
