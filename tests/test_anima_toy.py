@@ -223,9 +223,10 @@ def test_the_shipped_weights_are_small():
     assert size <= 4 * 2**20
 
 
-@pytest.mark.slow
 def test_the_shipped_toy_draws_the_captions_colour():
     from lllite.anima.pretrain import quality_gate
 
-    rates = quality_gate(load_anima_pipeline("toy"), seeds=8, num_inference_steps=20)
-    assert np.mean(list(rates.values())) >= 0.6
+    # 4 seeds of each of the 12 captions; the pretraining's gate (16 seeds) measured a mean of 94.8%.
+    rates = quality_gate(load_anima_pipeline("toy"), seeds=4, num_inference_steps=20)
+    assert np.mean(list(rates.values())) >= 0.75
+

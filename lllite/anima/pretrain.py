@@ -1,12 +1,20 @@
-"""Pretrain the toy Anima on coloured shapes, so that "a red circle" draws a red circle.
+"""Pretrain the toy Anima on coloured shapes, so that "a red circle" draws a red blob.
 
-Run: ``python -m lllite.anima.pretrain --overwrite`` (one process; the time it took and the quality gate are
-printed at the end). It trains the Qwen-Image VAE (the toy SDXL's shape-weighted reconstruction loss), sets the
-VAE's ``latents_mean`` / ``latents_std`` to the training latents' per-channel statistics (as Qwen-Image's config
-holds its own), then trains the DiT together with the LLM adapter and the Qwen3 text encoder with Anima's
-rectified-flow objective (:mod:`lllite.anima.objective`), writes the pipeline into ``lllite/anima/weights``
-(float16) and prints the quality gate: per caption, the fraction of seeds that show a blob of the caption's
-colour with a plausible size.
+Run: ``python -m lllite.anima.pretrain --out-dir lllite/anima/weights --overwrite`` from the repository root
+(a relative ``--out-dir`` keeps machine paths out of the saved index). It trains the Qwen-Image VAE (the toy
+SDXL's shape-weighted reconstruction loss), sets the VAE's ``latents_mean`` / ``latents_std`` to the training
+latents' per-channel statistics (as Qwen-Image's config holds its own), then trains the DiT together with the
+LLM adapter and the Qwen3 text encoder with Anima's rectified-flow objective (:mod:`lllite.anima.objective`),
+writes the pipeline (float16) and prints the quality gate: per caption, the fraction of seeds that show a blob
+of the caption's colour with a plausible size.
+
+The shipped weights took 20.3 minutes in one thread on a 2-core machine that another process shared part of
+the time: VAE 1720 steps in its 9-minute budget (held-out round-trip IoU 0.83 to 0.89 by colour), DiT 7515
+steps in its 11 minutes, the gate 0.2 minutes; worst caption 87.5%, mean 94.8%. Each stage stops at its time
+budget, so a run on a busier or faster machine takes other step counts and gives other (not bit-equal) weights.
+The gate checks colour only: the toy draws the caption's colour, but its shapes are rounded blobs that a
+fill-ratio test tells apart no better than chance. Moving three minutes from the VAE to the DiT (6 + 14) made
+colours worse (worst caption 31%) and shapes no better.
 """
 from __future__ import annotations
 
