@@ -1,4 +1,4 @@
-"""ControlNet-LLLite for diffusers SDXL: load kohya's files, attach, train, sample.
+"""ControlNet-LLLite for diffusers SDXL and Anima: load kohya's files, attach, train, sample.
 
     import lllite
     pipe = lllite.load_pipeline("stabilityai/stable-diffusion-xl-base-1.0")   # or "toy", a folder, a file
@@ -7,6 +7,8 @@
     network.set_cond_image(canny_image)
     network.set_multiplier(0.8)
     image = pipe("a photo of a cat").images[0]
+
+Anima's LLLite (kohya's v2, :mod:`lllite.anima`) loads the same way: ``lllite.load`` tells the files apart.
 """
 from .errors import LLLiteError
 from .fileformat import LLLiteFileError

@@ -84,7 +84,11 @@ class AnimaToyRecipe:
             decay follows whichever runs out first).
         train_batch_size, learning_rate, cond_emb_dim, network_dim, lllite_target_layers, lllite_cond_dim,
             timestep_sampling: see :class:`lllite.train.TrainConfig`; kohya's Anima defaults otherwise
-            (one ResBlock, no ASPP, no loss weighting, flow shift 1).
+            (one ResBlock, no ASPP, no loss weighting, flow shift 1). Measured in the demo (two processes of
+            batch 8; mean IoU at strength 1 on 32 held-out shapes): ``self_attn_qkv`` at 2e-3 0.745 (3228
+            steps in 5 minutes, the CPU partly busy with other work) and at 4e-3 0.724 (3002 steps); every
+            atomic target (adding cross-attention's q and the MLP's first Linear) at 2e-3 0.774 and, in a second
+            run with these defaults, 0.783 (its 4000 steps in 290 s on the idle CPU).
         seed: seeds the dataset and the training.
     """
 
@@ -96,7 +100,7 @@ class AnimaToyRecipe:
     learning_rate: float = 2e-3
     cond_emb_dim: int = 32
     network_dim: int = 64
-    lllite_target_layers: str = "self_attn_qkv"
+    lllite_target_layers: str = "self_attn_q_pre,self_attn_kv_pre,cross_attn_q_pre,mlp_fc1_pre"
     lllite_cond_dim: int = 64
     timestep_sampling: str = "sigmoid"
     seed: int = 0

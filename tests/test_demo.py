@@ -106,6 +106,9 @@ def test_the_anima_demo_trains_kohyas_v2_network_on_the_toy_anima(tmp_path, monk
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 3 and metrics["config"]["model"] == "anima"
     network = lllite.load(metrics["weights"])
-    assert isinstance(network, AnimaLLLiteNetwork) and network.config.target_layers == "self_attn_qkv"
+    from lllite.recipes import AnimaToyRecipe
+
+    assert isinstance(network, AnimaLLLiteNetwork)
+    assert network.config.target_layers == AnimaToyRecipe().lllite_target_layers
     assert Image.open(tmp_path / "comparison.png").height > 2 * 64
     assert Image.open(tmp_path / "data" / "images" / "000000.png").size == (64, 64)
