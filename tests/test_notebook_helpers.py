@@ -309,5 +309,6 @@ def test_the_settings_table_shows_the_anima_options_for_anima():
     from lllite.recipes import AnimaToyRecipe
     from lllite.train import TrainConfig
 
-    table = settings_table(TrainConfig(**AnimaToyRecipe().training_settings()), "anima").data
-    assert "| `lllite_target_layers` | self_attn_qkv |" in table and "debiased" not in table
+    recipe = AnimaToyRecipe()
+    table = settings_table(TrainConfig(**recipe.training_settings()), "anima").data
+    assert f"| `lllite_target_layers` | {recipe.lllite_target_layers} |" in table and "debiased" not in table
