@@ -10,9 +10,8 @@ from transformers import Qwen2Tokenizer, Qwen3Model, T5TokenizerFast
 from lllite.anima import toy
 from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
                                    load_anima_pipeline, save_anima_pipeline, to_uint8_images, transformer_inputs)
-from lllite.pipelines import MODULAR_INDEX
 from lllite.errors import InputMissingError
-from lllite.pipelines import PipelineLoadError
+from lllite.pipelines import MODULAR_INDEX, PipelineLoadError
 from lllite.toy.pipeline import CAPTION_WORDS
 from lllite.toy.pipeline import WEIGHTS_DIR as SDXL_TOY_WEIGHTS
 
@@ -230,3 +229,20 @@ def test_the_shipped_toy_draws_the_captions_colour():
     rates = quality_gate(load_anima_pipeline("toy"), seeds=4, num_inference_steps=20)
     assert np.mean(list(rates.values())) >= 0.75
 
+
+
+def test_the_pretraining_stages_run_and_change_the_models():
+    from lllite.anima.pretrain import PretrainConfig, set_latent_statistics, train_dit, train_vae
+    from lllite.toy.pretrain import render_training_set
+
+    cfg = PretrainConfig(train_samples=4, vae_steps=2, vae_batch=2, dit_steps=2, dit_batch=2, warmup_steps=1)
+    pipe = toy.build_pipeline("test")
+    before = {name: p.detach().clone() for name, p in pipe.transformer.named_parameters()}
+    vae_before = pipe.vae.decoder.conv_out.weight.detach().clone()
+    pixels, masks, captions = render_training_set(cfg)
+    train_vae(pipe.vae, pixels, masks, cfg)
+    latents = set_latent_statistics(pipe, pixels)
+    assert latents.shape == (4, 16, 8, 8) and torch.isfinite(latents).all()
+    train_dit(pipe, latents, captions, cfg)
+    assert not torch.equal(pipe.vae.decoder.conv_out.weight, vae_before)
+    assert any(not torch.equal(p, before[name]) for name, p in pipe.transformer.named_parameters())

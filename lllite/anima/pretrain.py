@@ -33,12 +33,12 @@ from lllite.anima.objective import noisy_latents, sample_sigmas, velocity
 from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
                                    save_anima_pipeline, to_uint8_images, transformer_inputs)
 from lllite.anima.toy import WEIGHTS_DIR, build_pipeline
-from lllite.pipelines import MODULAR_INDEX
 from lllite.errors import LLLiteError, OutputExistsError
 from lllite.images import from_uint8, to_uint8
 from lllite.metrics import has_colour_blob, shape_iou
 from lllite.objective import lr_factor, noise_loss
-from lllite.toy.pretrain import MIN_LR_RATE, image_gradients, outline_band, render_training_set
+from lllite.pipelines import MODULAR_INDEX
+from lllite.toy.pretrain import MIN_LR_RATE, reconstruction_losses, render_training_set
 from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples
 
 
@@ -110,12 +110,11 @@ def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfi
                                                                   time_used, MIN_LR_RATE)
         index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
         batch, mask = pixels[index], masks[index]
-        weight = 1 + cfg.shape_weight * mask + cfg.edge_weight * outline_band(mask, cfg.edge_band_px)
         posterior = vae.encode(batch.unsqueeze(2)).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample[:, :, 0]
-        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean()
-        gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
+        reconstruction_loss, gradient_loss, _ = reconstruction_losses(reconstruction, batch, mask, cfg.edge_band_px,
+                                                                      cfg.shape_weight, cfg.edge_weight)
         kl = posterior.kl().mean()
         loss = reconstruction_loss + cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)

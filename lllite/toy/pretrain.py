@@ -192,6 +192,17 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return images[..., 1:, :] - images[..., :-1, :], images[..., :, 1:] - images[..., :, :-1]
 
 
+def reconstruction_losses(reconstruction: torch.Tensor, batch: torch.Tensor, mask: torch.Tensor, edge_band_px: int,
+                          shape_weight: float, edge_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The toy VAEs' reconstruction terms (see :func:`train_vae`): the MSE with the shape's pixels weighing
+    ``1 + shape_weight`` and its outline ``edge_weight`` more, normalised by the mean weight; the L1 of the
+    image gradients' difference; and the weights themselves."""
+    weight = 1 + shape_weight * mask + edge_weight * outline_band(mask, edge_band_px)
+    mse = (weight * (reconstruction - batch).square()).mean() / weight.mean()
+    gradient = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
+    return mse, gradient, weight
+
+
 def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig,
               group: _Group | None = None) -> None:
     """Shape-weighted reconstruction (MSE), an L1 term on image gradients, and a small KL term.
@@ -228,17 +239,16 @@ def train_vae(pipe: StableDiffusionXLPipeline, pixels: torch.Tensor, masks: torc
         top, left = torch.randint(limit + 1, (2,), generator=generator).tolist()
         batch = pixels[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
         mask = masks[index, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
-        weight = 1 + cfg.shape_weight * mask + cfg.edge_weight * outline_band(mask, cfg.edge_band_px)
         posterior = vae.encode(batch).latent_dist
         # The whole batch's draw (what posterior.sample would draw alone), then this process's rows.
         noise = torch.randn((cfg.vae_batch, *posterior.mean.shape[1:]), generator=generator)[share]
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        mse, gradient_loss, weight = reconstruction_losses(reconstruction, batch, mask, cfg.edge_band_px,
+                                                           cfg.shape_weight, cfg.edge_weight)
         # The weighted mean over the whole batch: this share's, times its part of all shares' weight (x/x
         # is exactly 1 alone, so one process computes what it always did, bit for bit).
         weight_sum = weight.sum()
-        reconstruction_loss = (weight * (reconstruction - batch).square()).mean() / weight.mean() * (
-            weight_sum / group.sum(weight_sum))
-        gradient_loss = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(batch)))
+        reconstruction_loss = mse * (weight_sum / group.sum(weight_sum))
         kl = posterior.kl().mean()
         share_of_batch = 1 / group.world
         loss = (reconstruction_loss + cfg.gradient_weight * gradient_loss * share_of_batch
