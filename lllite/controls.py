@@ -135,6 +135,8 @@ class ControlledNetwork(nn.Module):
     timestep_scale: float = 1.0
     #: Channels of the control image (RGB; Anima's inpainting networks take RGB + mask).
     cond_in_channels: int = 3
+    #: How messages name the model the network adapts.
+    model_name: str = "UNet"
 
     def __init__(self, metadata: dict[str, str] | None = None):
         super().__init__()
@@ -162,6 +164,17 @@ class ControlledNetwork(nn.Module):
 
     def _forget_image(self) -> None:
         """Drop what was computed from the control image (the image was unset)."""
+
+    def _mask_rows(self, batch: int, depth: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The mask (all ones without one) at the token grid of ``depth`` (:func:`token_masks`), one row per row
+        of the model's batch, in the dtype of the activations the changes are added to."""
+        mask = torch.ones(1, 1, 1, 1) if self._mask is None else self._mask
+        if batch % mask.shape[0]:
+            raise LLLiteError(
+                f"LLLite mask: {mask.shape[0]} masks for a {self.model_name} batch of {batch}: give one mask, or one "
+                "per generated image (the batch of 2x for classifier-free guidance is handled)"
+            )
+        return token_masks(mask, self._latent_size, depth).repeat(batch // mask.shape[0], 1, 1).to(device, dtype)
 
     # ------------------------------------------------------------------ controls
     def set_cond_image(self, image) -> None:

@@ -15,7 +15,6 @@ image" is a Python branch.
 """
 from __future__ import annotations
 
-import math
 from operator import attrgetter
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fileformat
-from .controls import ControlledNetwork, strength_at, token_masks
+from .controls import ControlledNetwork, strength_at
 from .errors import LLLiteError
 from .group import GroupWeights, ModuleGroup, group_modules
 from .hooks import Attachment, model_and_pipeline
@@ -245,16 +244,9 @@ class LLLiteNetwork(ControlledNetwork):
         self._cached_for = key
 
     def _refresh_masks(self, batch: int, device: torch.device, dtype: torch.dtype) -> None:
-        """The mask at every depth's token grid, one row per UNet batch row (all ones without a mask), in
-        the dtype of the UNet's activations, which the modules' changes are added to."""
-        mask = torch.ones(1, 1, 1, 1) if self._mask is None else self._mask
-        if batch % mask.shape[0]:
-            raise LLLiteError(
-                f"LLLite mask: {mask.shape[0]} masks for a UNet batch of {batch}: give one mask, or one per "
-                "generated image (the batch of 2x for classifier-free guidance is handled)"
-            )
+        """The mask at every depth's token grid, one row per UNet batch row, kept in place (:meth:`_mask_rows`)."""
         for depth in sorted({group.depth for group in self._groups}):
-            tokens = token_masks(mask, self._latent_size, depth).repeat(batch // mask.shape[0], 1, 1).to(device, dtype)
+            tokens = self._mask_rows(batch, depth, device, dtype)
             old = self._token_masks.get(depth)
             self._token_masks[depth] = _keep(None if old is None else (old,), (tokens,))[0]
 

@@ -21,10 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import fileformat
-from ..controls import ControlledNetwork, strength_at, token_masks
+from ..controls import ControlledNetwork, strength_at
 from ..errors import LLLiteError
 from ..hooks import Attachment, model_and_pipeline
-from .module import STRIDE, AnimaLLLiteConfig, AnimaLLLiteModule, ConditioningTrunk
+from .module import AnimaLLLiteConfig, AnimaLLLiteModule, ConditioningTrunk
 from .names import MODULE_PREFIX, find_targets, is_anima_transformer, module_names, parse_target_layers
 
 ARCHITECTURE = "anima-preview/control-net-lllite"
@@ -45,6 +45,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
     """
 
     timestep_scale = 1000.0  # the DiT takes sigma = timestep / 1000
+    model_name = "transformer"
 
     def __init__(self, config: AnimaLLLiteConfig, modules: dict[str, AnimaLLLiteModule],
                  metadata: dict[str, str] | None = None):
@@ -161,12 +162,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
             parameter = self.trunk.conv1.weight
             masks = (self._mask_version, self._latent_size, batch, parameter.device, hidden.dtype)
             if masks != self._masks_for:
-                mask = torch.ones(1, 1, 1, 1) if self._mask is None else self._mask
-                if batch % mask.shape[0]:
-                    raise LLLiteError(f"LLLite mask: {mask.shape[0]} masks for a transformer batch of {batch}: give "
-                                      "one mask, or one per generated image")
-                tokens = token_masks(mask, self._latent_size, _TOKEN_DEPTH)
-                self._token_mask = tokens.repeat(batch // mask.shape[0], 1, 1).to(parameter.device, hidden.dtype)
+                self._token_mask = self._mask_rows(batch, _TOKEN_DEPTH, parameter.device, hidden.dtype)
                 self._masks_for = masks
             if not self._trains:
                 key = (self._image_version, self._latent_size, parameter.device, parameter.dtype,
