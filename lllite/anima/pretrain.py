@@ -34,12 +34,11 @@ from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts
                                    save_anima_pipeline, to_uint8_images, transformer_inputs)
 from lllite.anima.toy import WEIGHTS_DIR, build_pipeline
 from lllite.errors import LLLiteError, OutputExistsError
-from lllite.images import from_uint8, to_uint8
-from lllite.metrics import has_colour_blob, shape_iou
+from lllite.metrics import has_colour_blob
 from lllite.objective import lr_factor, noise_loss
 from lllite.pipelines import MODULAR_INDEX
-from lllite.toy.pretrain import MIN_LR_RATE, reconstruction_losses, render_training_set
-from lllite.toy.shapes import COLOURS, SHAPES, caption_for, eval_samples
+from lllite.toy.pretrain import MIN_LR_RATE, reconstruction_losses, render_training_set, round_trip_iou
+from lllite.toy.shapes import COLOURS, SHAPES, caption_for
 
 
 @dataclass
@@ -198,14 +197,8 @@ def train_dit(pipe, latents: torch.Tensor, captions: list[str], cfg: PretrainCon
 
 @torch.no_grad()
 def vae_round_trip_iou(pipe, size: int, count: int = 48) -> dict[str, float]:
-    """Encode and decode held-out shapes: a colour the VAE loses here, no DiT can draw."""
-    samples = eval_samples(count, seed=1, size=size)
-    pixels = from_uint8(np.stack([s.image for s in samples]))
-    images = to_uint8(decode_latents(pipe, encode_images(pipe, pixels)))
-    scores: dict[str, list[float]] = {}
-    for sample, image in zip(samples, images):
-        scores.setdefault(sample.colour, []).append(shape_iou(image, sample.mask, sample.colour))
-    return {colour: sum(v) / len(v) for colour, v in sorted(scores.items())}
+    """:func:`lllite.toy.pretrain.round_trip_iou` of the toy Anima's VAE, as the pipeline encodes and decodes."""
+    return round_trip_iou(lambda pixels: decode_latents(pipe, encode_images(pipe, pixels)), size, count)
 
 
 @torch.no_grad()

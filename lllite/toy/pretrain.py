@@ -405,15 +405,20 @@ def save_atomically(pipe: StableDiffusionXLPipeline, out_dir: Path) -> None:
 
 
 @torch.no_grad()
-def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 48) -> dict[str, float]:
-    """Encode and decode held-out shapes: a colour the VAE loses here, no UNet can draw."""
+def round_trip_iou(round_trip, size: int, count: int = 48) -> dict[str, float]:
+    """Mean shape IoU by colour of held-out shapes after ``round_trip`` (pixels (B, 3, H, W) in [-1, 1] -> the
+    same through a VAE's encoder and decoder): a colour the VAE loses here, no denoiser can draw."""
     samples = eval_samples(count, seed=1, size=size)
-    pixels = from_uint8(np.stack([s.image for s in samples]))
-    images = to_uint8(pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample)
+    images = to_uint8(round_trip(from_uint8(np.stack([s.image for s in samples]))))
     scores: dict[str, list[float]] = {}
     for sample, image in zip(samples, images):
         scores.setdefault(sample.colour, []).append(shape_iou(image, sample.mask, sample.colour))
     return {colour: sum(v) / len(v) for colour, v in sorted(scores.items())}
+
+
+def vae_round_trip_iou(pipe: StableDiffusionXLPipeline, size: int, count: int = 48) -> dict[str, float]:
+    """:func:`round_trip_iou` of the toy SDXL's VAE (the posterior's mean, decoded)."""
+    return round_trip_iou(lambda pixels: pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample, size, count)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
