@@ -357,6 +357,11 @@ class SDXLTraining:
         """The control the network reads in this step: the dataset's conditioning image."""
         return batch["conditioning_image"]
 
+    @staticmethod
+    def validation_control(image: torch.Tensor) -> torch.Tensor:
+        """The control a validation grid gives the network: the conditioning image."""
+        return image
+
     @property
     def encoders(self) -> tuple[nn.Module, ...]:
         return self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2
@@ -701,23 +706,18 @@ def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> None:
     write_atomic(path, lambda temporary: figure.save(temporary, format="PNG"))
 
 
-def validation_grid(pipe, network: LLLiteNetwork, dataset: PairedDataset, config: TrainConfig, step: int):
+def validation_grid(training, network: LLLiteNetwork, dataset: PairedDataset, step: int):
     """Control, strength 0 and strength 1 for the first dataset samples, fixed seed: is the control learned?"""
     from .sampling import image_grid, generate
     from .images import to_pil
 
+    pipe, config = training.pipe, training.config
     count = min(config.num_validation_images, len(dataset))
     indices = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
     rows, labels = [], []
     for index in indices:
         sample = dataset.items[index]
-        control = dataset[index]["conditioning_image"][None]
-        if network.cond_in_channels == 4:  # an inpainting network: the centre quarter to paint
-            from .anima.module import inpaint_condition
-            from .images import region_mask, to_mask_tensor
-
-            box = region_mask(control.shape[-1], control.shape[-2], "rectangle", (0.25, 0.25, 0.75, 0.75))
-            control = inpaint_condition(control, to_mask_tensor(box), network.config.inpaint_masked_input)
+        control = training.validation_control(dataset[index]["conditioning_image"][None])
         images = [generate(pipe, network, control, sample.pair.caption, seed=config.sample_seed,
                            num_inference_steps=config.sample_num_inference_steps,
                            guidance_scale=config.sample_guidance_scale, multiplier=multiplier)[0]
@@ -736,7 +736,7 @@ def validate(accelerator, training, network: LLLiteNetwork, dataset: PairedDatas
         config = training.config
         restore_encoders(training)
         with accelerator.autocast():
-            grid = validation_grid(training.pipe, network, dataset, config, step)
+            grid = validation_grid(training, network, dataset, step)
         save_png(grid, Path(config.output_dir) / "samples" / f"{config.output_name}-step{step:08d}.png", overwrite=True)
         offload_encoders(training)
     accelerator.wait_for_everyone()

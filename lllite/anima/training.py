@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..images import random_region_masks
+from ..images import random_region_masks, region_mask, to_mask_tensor
 from .module import AnimaLLLiteConfig, inpaint_condition
 from .names import is_anima_pipeline
 from .network import AnimaLLLiteNetwork, create_network
@@ -54,6 +54,14 @@ class AnimaTraining:
             return image
         masks = random_region_masks(image.shape[0], image.shape[-2], image.shape[-1], generator)
         return inpaint_condition(image, masks, self.config.lllite_inpaint_masked_input)
+
+    def validation_control(self, image: torch.Tensor) -> torch.Tensor:
+        """The control a validation grid gives the network: the conditioning image, and for an inpainting network
+        the centre quarter of the image to paint."""
+        if self.config.lllite_cond_in_channels != 4:
+            return image
+        box = region_mask(image.shape[-1], image.shape[-2], "rectangle", (0.25, 0.25, 0.75, 0.75))
+        return inpaint_condition(image, to_mask_tensor(box), self.config.lllite_inpaint_masked_input)
 
     @property
     def encoders(self) -> tuple[nn.Module, ...]:
