@@ -49,7 +49,7 @@ def test_anima_trains_with_kohyas_defaults_and_writes_a_file_kohya_reads(shapes,
     assert loaded.config.target_layers == "self_attn_qkv" and len(loaded) == 3 * len(pipe.transformer.transformer_blocks)
     trained = {k: v.to(torch.bfloat16).float() for k, v in result.network.state_dict().items()}
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
-    assert not torch.equal(trained[f"lllite_dit_blocks_0_self_attn_q_proj.up.weight"], torch.zeros(1))
+    assert not torch.equal(trained["lllite_dit_blocks_0_self_attn_q_proj.up.weight"], torch.zeros(1))
 
 
 def test_an_anima_run_resumed_from_a_checkpoint_ends_with_the_same_weights(shapes, tmp_path):
