@@ -40,7 +40,7 @@ def flops(fn) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     from lllite.anima import create_network
-    from lllite.architecture import anima_transformer
+    from lllite.anima.pipeline import anima_transformer
 
     config = parse_config("anima_counts", __doc__.splitlines()[0], sizes=[512, 1024], quick_sizes=[512], argv=argv)
     # the padding-mask channel (8192 weights, no FLOPs) is resized by torchvision, which runs without it here

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lllite  # noqa: E402
 from benches.common import RESULTS_DIR, BenchConfig, count_ops, write_results  # noqa: E402
-from lllite.toy import build_pipeline  # noqa: E402
+from lllite.sdxl.toy import build_pipeline  # noqa: E402
 
 SIZE = 128  # the toy's native size
 STEPS = 2

@@ -25,8 +25,8 @@ import torch.nn as nn
 
 import lllite
 from lllite.files import write_text_atomic
-from lllite.module import token_grid
-from lllite.sdxl import SDXL_UNET_CONFIG, fill_weights, sdxl_unet
+from lllite.sdxl.module import token_grid
+from lllite.sdxl.pipeline import SDXL_UNET_CONFIG, fill_weights, sdxl_unet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROMPT_TOKENS = 77  # one CLIP context, as SDXL pipelines pass for a short prompt

@@ -49,8 +49,8 @@ from benches.common import (DTYPES, TINY_SDXL_UNET_CONFIG, BenchConfig, PeakMemo
                             controlnet_meta, cpu_has_fast_bf16, gib, interleaved, lllite_network, materialize,
                             memory_ceiling, parameter_count, parse_config, release_freed_memory, require_memory,
                             sdxl_unet_meta, summary, synchronize, timed, unet_inputs, write_results)
-from lllite.module import token_grid  # noqa: E402
-from lllite.names import find_targets  # noqa: E402
+from lllite.sdxl.module import token_grid  # noqa: E402
+from lllite.sdxl.names import find_targets  # noqa: E402
 
 #: What a Colab T4 offers, as Colab lists it; a run on a GPU also records the device's own total.
 T4_BYTES = 15 * 10**9
@@ -184,7 +184,8 @@ def cached_batch(size: int, unet: nn.Module, config: BenchConfig, seed: int = 0)
 def step_loss(unet: nn.Module, network, batch: dict, ddpm, weight_dtype: torch.dtype,
               generator: torch.Generator) -> torch.Tensor:
     """SDXL's noise objective on one batch: uniform timesteps, epsilon prediction, MSE in float32."""
-    from lllite.objective import noise_loss, sample_noise, sample_timesteps
+    from lllite.objective import noise_loss
+    from lllite.sdxl.objective import sample_noise, sample_timesteps
 
     latents = batch["latents"]
     noise = sample_noise(latents.shape, generator).to(latents.device)
@@ -223,8 +224,8 @@ def training_variant(unet: nn.Module, size: int, precision: str, checkpointing: 
 
     The first step creates the optimizer's state, so the peak counts it.
     """
-    from lllite.objective import noise_scheduler
-    from lllite.train import make_optimizer
+    from lllite.sdxl.objective import noise_scheduler
+    from lllite.train.parts import make_optimizer
 
     device, weight_dtype = config.device, DTYPES[precision]
     if checkpointing:
@@ -319,7 +320,7 @@ def section_b(entry: dict, check: Check) -> None:
 # ---------------------------------------------------------------------------------------- a: the trainer, toy world
 def optimizer_that_ran(output_dir: Path) -> dict:
     """Read from the newest checkpoint which optimizer the trainer used, and its loss scale."""
-    from lllite.train import find_checkpoints
+    from lllite.train.checkpoints import find_checkpoints
 
     checkpoints = find_checkpoints(output_dir)
     if not checkpoints:
@@ -366,7 +367,8 @@ TOY_RUN_QUICK = ToySetting(size=64, samples=8, batch=2, steps=4, sample_steps=2)
 def toy_run(run: dict, mixed_precision: str, data: Path, output_dir: Path, toy: ToySetting) -> None:
     """One training run of the real trainer; fills ``run`` as it goes."""
     from lllite.data import DatasetConfig, SubsetConfig
-    from lllite.pipelines import TOY, load_pipeline
+    from lllite.auto import load_pipeline
+    from lllite.toy import TOY
     from lllite.train import TrainConfig, train
 
     size, steps = toy.size, toy.steps

@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from lllite.conditioning import KINDS, make_conditioning
-from lllite.pipelines import load_pipeline
+from lllite.auto import load_pipeline
 
 from data_tools.common import CommandError, write_atomic, write_text_atomic
 from data_tools.make_conditioning import ConditioningOptions

@@ -8,13 +8,14 @@
     network.set_multiplier(0.8)
     image = pipe("a photo of a cat").images[0]
 
-Anima's LLLite (kohya's v2, :mod:`lllite.anima`) loads the same way: ``lllite.load`` tells the files apart.
+Each model family is a package with the same modules (:mod:`lllite.sdxl`, :mod:`lllite.anima`);
+:mod:`lllite.families` tells them apart, so ``lllite.load``, ``lllite.load_pipeline`` and
+``lllite.create_network`` take either family's files and models.
 """
+from .auto import create_network, load, load_pipeline
 from .errors import LLLiteError
 from .fileformat import LLLiteFileError
-from .module import LLLiteModule
-from .network import LLLiteNetwork, create_network, load
-from .pipelines import load_pipeline
+from .sdxl import LLLiteModule, LLLiteNetwork
 
 __all__ = ["LLLiteError", "LLLiteFileError", "LLLiteModule", "LLLiteNetwork", "create_network", "load", "load_pipeline"]
 __version__ = "0.1.0"

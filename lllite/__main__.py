@@ -4,38 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import families
 from .errors import LLLiteError
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .network import load
+    from .auto import load
 
     network = load(args.file)
-    parameters = sum(p.numel() for p in network.parameters())
-    if not hasattr(network, "up_path"):  # Anima's v2 network
-        config = network.config
-        print(f"{args.file}  (Anima LLLite, kohya's v2)")
-        print(f"  modules        {len(network)}  (target_layers {config.target_layers})")
-        print(f"  cond_emb_dim   {config.cond_emb_dim}")
-        print(f"  network_dim    {config.network_dim}")
-        print(f"  trunk          cond_dim {config.cond_dim}, {config.cond_resblocks} ResBlock(s), ASPP "
-              f"{'on ' + ','.join(map(str, config.aspp_dilations)) if config.use_aspp else 'off'}, "
-              f"{config.cond_in_channels} input channels")
-        print(f"  parameters     {parameters:,}")
-        for key, value in sorted(network.metadata.items()):
-            print(f"  {key:<14} {value if len(value) < 80 else value[:77] + '...'}")
-        return 0
-    depths: dict[int, int] = {}
-    for _, module in network.lllite_modules():
-        depths[module.depth] = depths.get(module.depth, 0) + 1
-    print(f"{args.file}")
-    print(f"  modules        {len(network)}  (by depth: {', '.join(f'{d}: {n}' for d, n in sorted(depths.items()))})")
-    print(f"  cond_emb_dim   {network.cond_emb_dim}")
-    print(f"  network_dim    {network.network_dim}")
-    print(f"  parameters     {parameters:,}")
-    print(f"  up path        {'yes' if network.up_path else 'no'}")
-    for key, value in sorted(network.metadata.items()):
-        print(f"  {key:<14} {value if len(value) < 80 else value[:77] + '...'}")
+    print(f"{args.file}  ({network.kind})" if network.kind else f"{args.file}")
+    for label, value in [*network.summary(), *sorted(network.metadata.items())]:
+        print(f"  {label:<14} {value if len(value) < 80 else value[:77] + '...'}")
     return 0
 
 
@@ -62,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("file")
     inspect.set_defaults(run=_inspect)
     demo = commands.add_parser("demo", help="train an LLLite on the toy world and measure control against strength")
-    demo.add_argument("--model", choices=("sdxl", "anima"), default="sdxl",
-                      help="the toy SDXL with kohya's SDXL LLLite, or the toy Anima DiT with kohya's Anima LLLite (v2)")
+    demo.add_argument("--model", choices=families.names(), default=families.DEFAULT.name,
+                      help="the model family: its toy and its LLLite (sdxl: the toy SDXL with kohya's SDXL LLLite; "
+                           "anima: the toy Anima DiT with kohya's Anima LLLite, v2)")
     demo.add_argument("--out", default="lllite-demo", help="output folder (default: lllite-demo)")
     demo.add_argument("--quick", action="store_true", help="a few steps and samples: a smoke test, not a result")
     demo.add_argument("--max-train-seconds", type=float, help="training time budget (default 300)")

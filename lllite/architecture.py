@@ -4,10 +4,10 @@ why ``up`` starts at zero; then Anima's LLLite (kohya's v2) beside SDXL's: what 
 its shared trunk and one module, its parameters for each ``target_layers`` preset, and the trunk's embedding.
 
 Counts and shapes come from SDXL's and Anima's configurations alone, on PyTorch's ``meta`` device: nothing
-is downloaded. Plots are :mod:`lllite.figures` Figures; tables are Markdown (:func:`lllite.notebook.markdown_table`).
+is downloaded. Plots are :mod:`lllite.figures` Figures; tables are :class:`lllite.figures.Table`.
 
     from lllite.architecture import attachment_table, parameter_counts
-    from lllite.sdxl import sdxl_unet
+    from lllite.sdxl.pipeline import sdxl_unet
     parameter_counts()["ControlNet (SDXL)"]        # 1.25e9, against 2.3e7 for kohya's LLLite
     attachment_table(sdxl_unet("meta"))           # five adapted blocks, 136 modules
     anima_parameter_counts()                      # Anima's DiT and its LLLite for each target_layers preset
@@ -22,15 +22,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .anima import create_network as create_anima_network
+from .anima.fileformat import TRUNK
+from .anima.module import STRIDE
+from .anima.names import PRESETS, TARGETS
+from .anima.names import find_targets as find_anima_targets
+from .anima.names import parse_target_layers
+from .anima.pipeline import anima_transformer
 from .errors import LLLiteError
-from .figures import new_figure
+from .figures import Table, new_figure
 from .images import to_control_tensor
-from .module import LLLiteModule, token_grid
-from .names import attention_blocks, find_targets, unet_layout
-from .network import create_network
-from .notebook import markdown_table
 from .sampling import generate, image_grid
-from .sdxl import SDXL_UNET_CONFIG, sdxl_unet
+from .sdxl.module import LLLiteModule, token_grid
+from .sdxl.names import attention_blocks, find_targets, unet_layout
+from .sdxl.network import create_network
+from .sdxl.pipeline import SDXL_UNET_CONFIG, sdxl_unet
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ SDXL_WIDTH_AT_DEPTH = dict(zip((1, 2, 3), SDXL_UNET_CONFIG["block_out_channels"]
 def module_shapes_table(depth: int, image_size: int = 1024):
     """:func:`module_shapes` of a module at SDXL's width for ``depth``, as a Markdown table."""
     rows = module_shapes(depth, SDXL_WIDTH_AT_DEPTH[depth], image_size)
-    return markdown_table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
+    return Table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
 
 
 def parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dict[str, int]:
@@ -287,23 +293,6 @@ def first_step_gradients(unet, network, control, seed: int = 0) -> dict[str, flo
 # ------------------------------------------------------------------------------------------ Anima (kohya's v2)
 
 
-def anima_transformer(**changes):
-    """Anima's DiT (diffusers' ``CosmosTransformer3DModel`` as the conversion script configures Cosmos-Predict2-2B,
-    with :data:`lllite.anima.toy.REAL_ANIMA`'s sizes) on the ``meta`` device: shapes without weights or memory.
-
-    Args:
-        changes: configuration fields to change, e.g. ``concat_padding_mask=False`` to call it where torchvision
-            (which resizes the padding mask) is not installed.
-    """
-    from diffusers import CosmosTransformer3DModel
-
-    from .anima.toy import REAL_ANIMA
-
-    config = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, max_size=(128, 240, 240), **REAL_ANIMA["transformer"])
-    with torch.device("meta"):
-        return CosmosTransformer3DModel(**{**config, **changes})
-
-
 @functools.lru_cache(maxsize=1)
 def _anima_transformer():
     return anima_transformer()  # built once: a notebook's live views ask for it again and again
@@ -315,8 +304,6 @@ def anima_network(**options):
     Args:
         **options: :class:`lllite.anima.AnimaLLLiteConfig` fields, e.g. ``target_layers="self_attn_qkv"``.
     """
-    from .anima import create_network as create_anima_network
-
     with torch.device("meta"):
         return create_anima_network(_anima_transformer(), **options)
 
@@ -351,9 +338,6 @@ def anima_module_shapes(image_size: int = 1024, target_layers: str = "self_attn_
             depend on it, only the module count does (:func:`anima_targets`).
         **options: other :class:`lllite.anima.AnimaLLLiteConfig` fields (``cond_emb_dim``, ``cond_dim``, ...).
     """
-    from .anima.module import STRIDE
-    from .anima.network import TRUNK
-
     if image_size % STRIDE:
         raise ValueError(f"image_size {image_size} is not a multiple of {STRIDE} (the VAE's 8 x the DiT's 2x2 patches)")
     network = anima_network(target_layers=target_layers, **options)
@@ -388,8 +372,6 @@ def anima_module_shapes(image_size: int = 1024, target_layers: str = "self_attn_
 def anima_targets(target_layers: str = "self_attn_q") -> tuple[list[str], int, int]:
     """The Linears a preset adapts in one block (diffusers' paths within the block), the modules in all of
     real Anima's blocks, and the number of blocks."""
-    from .anima.names import find_targets as find_anima_targets, parse_target_layers
-
     transformer = _anima_transformer()
     targets = find_anima_targets(transformer, parse_target_layers(target_layers))
     paths = [t.path.split(".", 2)[2] for t in targets.values() if t.path.startswith("transformer_blocks.0.")]
@@ -398,14 +380,11 @@ def anima_targets(target_layers: str = "self_attn_q") -> tuple[list[str], int, i
 
 def anima_module_shapes_table(image_size: int = 1024, target_layers: str = "self_attn_q"):
     """:func:`anima_module_shapes` as a Markdown table, under a line that says which Linears the preset adapts."""
-    from IPython.display import Markdown
-
     paths, modules, blocks = anima_targets(target_layers)
     rows = anima_module_shapes(image_size, target_layers)
-    table = markdown_table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"])
     head = (f"`{target_layers}`: {modules} modules, one for each of " + ", ".join(f"`{p}`" for p in paths)
             + f" in each of the {blocks} blocks; every one reads the same trunk output.")
-    return Markdown(head + "\n\n" + table.data)
+    return Table([(r.part, f"`{r.layer}`", r.shape) for r in rows], ["part", "layer", "output shape"], caption=head)
 
 
 def anima_parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dict[str, int]:
@@ -416,8 +395,6 @@ def anima_parameter_counts(cond_emb_dim: int = 32, network_dim: int = 64) -> dic
 
 @functools.lru_cache(maxsize=32)
 def _anima_parameter_counts(cond_emb_dim: int, network_dim: int) -> tuple[tuple[str, int], ...]:
-    from .anima.names import PRESETS
-
     sizes = dict(cond_emb_dim=cond_emb_dim, network_dim=network_dim)
     rows = [("Anima DiT", sum(p.numel() for p in _anima_transformer().parameters()))]
     for preset, use_aspp in [*((preset, False) for preset in PRESETS), (next(iter(PRESETS)), True)]:
@@ -448,10 +425,6 @@ def family_differences(image_size: int = 1024) -> list[tuple[str, str, str]]:
     Args:
         image_size: the generated image's side in pixels, for the token grids.
     """
-    from .anima.module import STRIDE
-    from .anima.names import PRESETS, TARGETS
-    from .anima.network import TRUNK
-
     unet = sdxl_unet("meta")
     with torch.device("meta"):
         sdxl = create_network(unet)
@@ -499,7 +472,7 @@ def family_differences(image_size: int = 1024) -> list[tuple[str, str, str]]:
 
 def family_differences_table(image_size: int = 1024):
     """:func:`family_differences` as a Markdown table."""
-    return markdown_table(family_differences(image_size), ["", "SDXL's LLLite", "Anima's LLLite (kohya's v2)"])
+    return Table(family_differences(image_size), ["", "SDXL's LLLite", "Anima's LLLite (kohya's v2)"])
 
 
 @torch.no_grad()
@@ -512,8 +485,6 @@ def trunk_embedding_channels(trunk, control, cell: int = 64, columns: int = 8) -
         control: the control image (PIL, uint8 numpy or tensor in [-1, 1]), its sides multiples of 16.
         cell, columns: tile side in pixels; tiles per row.
     """
-    from .anima.module import STRIDE
-
     parameter = next(trunk.parameters())
     image = to_control_tensor(control)[:1].to(parameter.device, parameter.dtype)
     height, width = image.shape[-2] // STRIDE, image.shape[-1] // STRIDE

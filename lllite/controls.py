@@ -1,4 +1,7 @@
-"""A network's strength beyond one number: keyframes over the denoising steps, masks over the image.
+"""What every LLLite network has, whatever model it adapts (:class:`ControlledNetwork`): the control image, the
+strength beyond one number (keyframes over the denoising steps, masks over the image), the step range, and the
+skeleton of attaching to a model, of each model call and of saving. Each family fills in its targets, its
+modules' math and its file layout.
 
 Keyframes are ``(start, strength)`` pairs, ``start`` a fraction of the denoising steps counted as
 :meth:`lllite.LLLiteNetwork.set_step_range` counts them: at step ``i`` of ``n`` the strength is that
@@ -13,18 +16,17 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import TYPE_CHECKING, Sequence, Union
+from pathlib import Path
+from typing import Iterator, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import CompiledWithoutNetworkError, LLLiteError
+from .fileformat import write_tensors
+from .hooks import Attachment, model_and_pipeline
 from .images import to_control_tensor, to_mask_tensor
-from .module import token_grid
-
-if TYPE_CHECKING:
-    from .hooks import Attachment
 
 #: The most keyframes one network holds.
 KEYFRAME_SLOTS = 16
@@ -101,6 +103,34 @@ def strength_at(table: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
     return (table[1] * last).sum()  # the one strength plus zeros: exact, and no index read on the host
 
 
+def token_grid(latent_size: tuple[int, int], depth: int) -> tuple[int, int]:
+    """The token grid (rows, cols) of a block at this depth for a latent of ``latent_size``: the latent halved
+    ``depth - 1`` times (SDXL's UNet levels; Anima's DiT, whose 2x2 patches halve it once, is depth 2).
+
+    Each halving is a stride-2 conv with padding 1 (diffusers' downsamplers), so odd sizes round up.
+    """
+    h, w = latent_size
+    for _ in range(depth - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+def keep_in_place(old: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``new``'s values in ``old``'s tensors where every shape matches (a CUDA graph keeps their addresses).
+
+    Otherwise copies of ``new``, so that nothing kept shares memory with a parameter.
+    """
+    if old is not None and all(o.shape == n.shape and o.dtype == n.dtype and o.device == n.device
+                               for o, n in zip(old, new)):
+        for o, n in zip(old, new):
+            o.copy_(n)
+        return old
+    new = tuple(tensor.clone(memory_format=torch.contiguous_format) for tensor in new)
+    for tensor in new:
+        torch._dynamo.mark_static_address(tensor)
+    return new
+
+
 def token_masks(mask: torch.Tensor, latent_size: tuple[int, int], depth: int) -> torch.Tensor:
     """A mask (B, 1, H, W) in [0, 1] averaged over each token of a block at ``depth``: (B, tokens, 1),
     row-major like the block's tokens. All ones stays all ones and all zeros all zeros, exactly."""
@@ -118,18 +148,29 @@ def _control_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+#: ``save``'s default dtype: the family's (:attr:`ControlledNetwork.file_dtype`).
+FAMILY_DTYPE = "family"
+
+
 class ControlledNetwork(nn.Module):
     """What every LLLite network has, whatever model it adapts: the control image, the strength
-    (a multiplier or keyframes), the mask and the step range, and how a model call reads them.
+    (a multiplier or keyframes), the mask and the step range, and how a model call reads them; attaching,
+    removing and saving.
 
-    :class:`lllite.LLLiteNetwork` (SDXL) and :class:`lllite.anima.AnimaLLLiteNetwork` build on it;
-    each adds its modules, where they attach and how a change is computed.
+    Each family's network builds on it (:class:`lllite.LLLiteNetwork` for SDXL,
+    :class:`lllite.anima.AnimaLLLiteNetwork` for Anima) and fills in what differs: the Linears it adapts
+    (:meth:`_target_paths`), what a model call prepares (:meth:`_refresh`, :meth:`_step_started`), a
+    module's change (:meth:`_module_change`) and its file's metadata (:meth:`file_metadata`).
 
     The strength and the step range live in small tensors of fixed shape on the model's device,
     written in place, and the step gate is computed there from the timestep (:meth:`_step_gate`),
     so that a compiled model reads them without recompiling or syncing with the host.
     """
 
+    #: The family's name in :mod:`lllite.families`.
+    family: str = ""
+    #: What ``python -m lllite inspect`` calls the file, after its path ("" says nothing more).
+    kind: str = ""
     #: How the model's timestep relates to the scheduler's timesteps (in 0..1000): SDXL's UNet takes
     #: them as they are (1); Anima's transformer takes the flow-matching sigma, timesteps / 1000.
     timestep_scale: float = 1.0
@@ -137,6 +178,12 @@ class ControlledNetwork(nn.Module):
     cond_in_channels: int = 3
     #: How messages name the model the network adapts.
     model_name: str = "UNet"
+    #: What the model's forward calls the latents it denoises.
+    sample_argument: str = "sample"
+    #: The dtype ``save`` writes by default (the family's published files').
+    file_dtype: torch.dtype = torch.float16
+    #: The training metadata keys a summary of a file shows (:func:`lllite.notebook.file_summary`).
+    summary_keys: tuple[str, ...] = ()
 
     def __init__(self, metadata: dict[str, str] | None = None):
         super().__init__()
@@ -155,8 +202,67 @@ class ControlledNetwork(nn.Module):
         self._image_version = 0
         self._latent_size: tuple[int, int] | None = None
         self._gate: torch.Tensor | None = None  # this model call's step gate
+        self._scales: dict[int, torch.Tensor] = {}  # this model call's scale per depth
+        self._token_masks: dict[int, torch.Tensor] = {}  # the mask at each depth's token grid, per model batch row
+        self._masks_for: tuple | None = None  # what the token masks were computed for
         self._acted = False  # whether this model call reached the network (see _after_model)
         self._attachment: Attachment | None = None
+
+    # ------------------------------------------------------------------ what the family fills in
+    def lllite_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """(kohya module name, module) of every module, in the file's order."""
+        raise NotImplementedError
+
+    def _target_paths(self, model: nn.Module) -> dict[str, str]:
+        """kohya module name -> the path of its Linear in ``model``, after checking that ``model`` is this family's
+        and has every module's Linear at the module's width (else :class:`LLLiteError` naming the module)."""
+        raise NotImplementedError
+
+    def _time_module(self, model: nn.Module) -> nn.Module:
+        """The submodule the model calls once per call with the timestep as its input."""
+        raise NotImplementedError
+
+    def _attached(self, paths: dict[str, str]) -> None:
+        """Called when the network attaches at ``paths``."""
+
+    def _detached(self) -> None:
+        """Called when the network is removed: forget what belonged to the model."""
+
+    def _start_call(self) -> None:
+        """Forget the last model call's intermediate results (a CUDA graph's outputs, about to be overwritten)."""
+
+    def _check_sample(self, sample: torch.Tensor) -> None:
+        """Raise :class:`LLLiteError` for latents this network cannot control."""
+
+    def _mask_depths(self) -> set[int]:
+        """The depths whose token grids the modules see (:func:`token_grid`)."""
+        raise NotImplementedError
+
+    def _refresh(self, batch: int, trains: bool) -> None:
+        """On the host, before a model call of ``batch`` rows: what stays fixed while the control image, the latent
+        size and the weights do. ``trains``: training mode with gradients (the embeddings train then)."""
+
+    def _step_started(self) -> None:
+        """Inside the model call, once the step's scales are known, before the first block."""
+
+    def _module_change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Module ``name``'s change to its Linear's input ``x``, and the scale it is multiplied by."""
+        raise NotImplementedError
+
+    def file_metadata(self) -> dict[str, str]:
+        """The metadata the family's files carry of the network's architecture."""
+        raise NotImplementedError
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(label, value) rows that describe the network (``python -m lllite inspect``), parameters last."""
+        return [("parameters", f"{sum(p.numel() for p in self.parameters()):,}")]
+
+    # ------------------------------------------------------------------ description
+    def __len__(self) -> int:
+        return sum(1 for _ in self.lllite_modules())
+
+    def __repr__(self) -> str:  # a child repr per module helps nobody
+        return f"{type(self).__name__}({self.extra_repr()})"
 
     @property
     def is_attached(self) -> bool:
@@ -175,6 +281,34 @@ class ControlledNetwork(nn.Module):
                 "per generated image (the batch of 2x for classifier-free guidance is handled)"
             )
         return token_masks(mask, self._latent_size, depth).repeat(batch // mask.shape[0], 1, 1).to(device, dtype)
+
+    # ------------------------------------------------------------------ attaching
+    def apply_to(self, target) -> "ControlledNetwork":
+        """Attach to the family's denoising model, or to a pipeline's (its scheduler then counts the steps).
+
+        Attaching registers forward pre-hooks (:mod:`lllite.hooks`); it never replaces modules or forwards,
+        so the model's ``state_dict`` is untouched and :meth:`remove` restores it exactly. Every module is
+        checked against the model before any attaches: a module for a block the model does not have, or of
+        another width, raises an error naming it.
+        """
+        if self._attachment is not None:
+            raise RuntimeError("this LLLite network is already attached; call remove() before apply_to() again")
+        model, pipeline = model_and_pipeline(target)
+        paths = self._target_paths(model)
+        self._attached(paths)
+        self._attachment = Attachment(self, model, pipeline, paths, time_module=self._time_module(model))
+        return self
+
+    def remove(self) -> None:
+        """Detach from the model; it is exactly as before :meth:`apply_to`."""
+        if self._attachment is None:
+            return
+        self._attachment.detach()
+        self._attachment = None
+        self._latent_size = self._masks_for = None
+        self._timesteps = self._timesteps_source = None
+        self._gate, self._scales, self._token_masks = None, {}, {}
+        self._detached()
 
     # ------------------------------------------------------------------ controls
     def set_cond_image(self, image) -> None:
@@ -286,7 +420,48 @@ class ControlledNetwork(nn.Module):
     def control_guidance_end(self, end: float) -> None:
         self.set_step_range(self._start, end)
 
-    # ------------------------------------------------------------------ each model call
+    # ------------------------------------------------------------------ each model call, on the host
+    def _before_model(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Everything a model call needs that is decided on the host; it reads no tensor's values."""
+        sample = args[0] if args else kwargs.get(self.sample_argument)
+        self._attachment.rehome()
+        self._start_call()
+        self._gate, self._scales, self._acted = None, {}, False
+        if sample is None:
+            return
+        if self._image is not None:
+            self._check_sample(sample)
+        self._latent_size = tuple(sample.shape[-2:])
+        batch = sample.shape[0]
+        trains = self.training and torch.is_grad_enabled()
+        # what is kept must stay writable by later calls made outside inference mode
+        with torch.inference_mode(False), torch.no_grad():
+            self._follow(sample.device)
+            if self._image is None:
+                return
+            images = self._image.shape[0]
+            if batch % images:
+                raise LLLiteError(
+                    f"LLLite: {images} control image(s) for a {self.model_name} batch of {batch}: give one image, or one "
+                    "per generated image (the batch of 2x for classifier-free guidance is handled)"
+                )
+            self._count_steps(self._attachment.scheduler)
+            self._refresh_masks(batch, sample.dtype)
+            self._refresh(batch, trains)
+
+    def _refresh_masks(self, batch: int, dtype: torch.dtype) -> None:
+        """The mask at every depth's token grid, one row per model batch row, in the activations' dtype, kept in
+        place (:func:`keep_in_place`); computed again only when the mask or the shapes change."""
+        device = next(self.parameters()).device
+        key = (self._mask_version, self._latent_size, batch, device, dtype)
+        if key == self._masks_for:
+            return
+        for depth in sorted(self._mask_depths()):
+            tokens = self._mask_rows(batch, depth, device, dtype)
+            old = self._token_masks.get(depth)
+            self._token_masks[depth] = keep_in_place(None if old is None else (old,), (tokens,))[0]
+        self._masks_for = key
+
     def _after_model(self, model: nn.Module, args: tuple, output) -> None:
         if self._image is not None and not self._acted:
             raise CompiledWithoutNetworkError(
@@ -294,6 +469,7 @@ class ControlledNetwork(nn.Module):
                 "the network did not act on this call (dynamo does not watch hooks). Attach networks before the "
                 "compiled model's first call, or call torch.compiler.reset() after apply_to()."
             )
+
     def _follow(self, device: torch.device) -> None:
         """Move the network and its controls to the model's device."""
         if next(self.parameters()).device != device:
@@ -302,6 +478,7 @@ class ControlledNetwork(nn.Module):
             self._controls = self._controls.to(device=device, dtype=_control_dtype(device))
             self._keyframe_table = self._keyframe_table.to(device=device, dtype=_control_dtype(device))
             self._timesteps = self._timesteps_source = None
+
     def _count_steps(self, scheduler) -> None:
         """Copy the scheduler's timesteps to the device once per generation (a new tensor each time)."""
         timesteps = getattr(scheduler, "timesteps", None)
@@ -318,6 +495,19 @@ class ControlledNetwork(nn.Module):
         self._timesteps[:count].copy_(timesteps.flatten() / self.timestep_scale, non_blocking=True)
         controls[_STEPS].fill_(count)
         self._timesteps_source = timesteps
+
+    # ------------------------------------------------------------------ inside the model call (traced when compiled)
+    def _before_time(self, time_module: nn.Module, args: tuple) -> None:
+        """This step's scale at each depth, strength x step gate x mask, from the timestep on the device:
+        the tensor every module of that depth multiplies its change by."""
+        if self._image is None or not self._token_masks:
+            return
+        progress, gate = self._step_gate(args[0])
+        self._gate = gate
+        scale = strength_at(self._keyframe_table, progress) * gate
+        self._scales = {depth: scale.to(tokens.dtype) * tokens for depth, tokens in self._token_masks.items()}
+        self._step_started()
+
     def _step_gate(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The fraction of the steps done, and whether this step is inside the step range (diffusers' rule,
         see :meth:`set_step_range`), as tensors."""
@@ -331,7 +521,35 @@ class ControlledNetwork(nn.Module):
         count = controls[_STEPS]
         return i / count, (i / count >= start) & ((i + 1) / count <= end)
 
+    def _change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This network's change to the input ``x`` of the Linear ``name``, and the scale it is multiplied by."""
+        if self._image is None:
+            return None
+        self._acted = True
+        if not torch.compiler.is_compiling() and not any(strength for _, strength in self._keyframes):
+            return None  # eager skips the work; a compiled graph multiplies by the zero scale instead
+        return self._module_change(name, x)
+
     @property
     def _step_active(self) -> bool:
         """Whether the last model call was inside the step range (reads the device: for tests and debugging)."""
         return True if self._gate is None else bool(self._gate)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, dtype: torch.dtype | str | None = FAMILY_DTYPE, metadata: dict | None = None,
+             overwrite: bool = False) -> Path:
+        """Write the network as its family's files are written (safetensors: kohya's keys, shapes and metadata),
+        atomically, and return the path.
+
+        Args:
+            path: destination (``.safetensors``).
+            dtype: dtype of the stored tensors; by default the family's (:attr:`file_dtype`: fp16 for SDXL, as
+                published; bf16 for Anima, as kohya's bf16 training writes); None keeps the network's.
+            metadata: extra string metadata (other values are stored as JSON); it overrides the network's own
+                metadata and the architecture keys (:meth:`file_metadata`).
+            overwrite: replace an existing file; otherwise an existing file raises
+                :class:`lllite.errors.OutputExistsError`.
+        """
+        dtype = self.file_dtype if isinstance(dtype, str) and dtype == FAMILY_DTYPE else dtype
+        merged = {**self.metadata, **self.file_metadata(), **(metadata or {})}
+        return write_tensors(self.state_dict(), path, dtype, merged, overwrite)

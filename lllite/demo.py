@@ -4,9 +4,9 @@
     python -m lllite demo --quick                 # a few steps, for a smoke test
     python -m lllite demo --model anima           # kohya's Anima LLLite (v2) on the toy Anima DiT
 
-It writes the shapes dataset (canny controls), trains an LLLite on the pretrained toy SDXL (or the toy
-Anima) for at most ``max_train_seconds`` with the toy recipe (:class:`lllite.recipes.ToyRecipe`,
-:class:`lllite.recipes.AnimaToyRecipe`), then generates
+It writes the shapes dataset (canny controls), trains an LLLite on the family's pretrained toy (the toy SDXL,
+or the toy Anima) for at most ``max_train_seconds`` with the family's toy recipe (:class:`lllite.sdxl.toy.ToyRecipe`,
+:class:`lllite.anima.toy.ToyRecipe`), then generates
 held-out shapes at several strengths and scores each image by the IoU between the caption's colour and
 the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, which puts the shape
 anywhere: its IoU is the chance level the control has to beat.
@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from . import auto, families
 from .conditioning import canny
 from .data import DatasetConfig, SubsetConfig
 from .errors import LLLiteError, OutputExistsError
@@ -32,8 +33,8 @@ from .evaluate import fidelity_by_strength, plot_fidelity
 from .figures import save_figure
 from .files import write_text_atomic
 from .launch import ProcessFailedError, launch
-from .recipes import AnimaToyRecipe, ToyRecipe
 from .sampling import MULTIPLIERS, image_grid, save_png
+from .toy import TOY
 from .toy.shapes import eval_samples, write_dataset
 from .train import TrainConfig, TrainError, TrainResult, train
 
@@ -42,18 +43,19 @@ OUTPUTS = ("data", "train", "metrics.json", "comparison.png", "iou_vs_strength.p
 
 
 @dataclass
-class DemoConfig(ToyRecipe):
-    """Settings of the demo: the toy recipe (:class:`lllite.recipes.ToyRecipe`, whose fields it takes)
-    and how to evaluate and run it. The defaults train for at most 5 minutes and finish in about 6 on
-    2 CPU cores.
+class DemoConfig:
+    """Settings of the demo: the model family, the toy recipe's budget, and how to evaluate and run it. The
+    defaults train for at most 5 minutes and finish in about 6 on 2 CPU cores.
 
     Args:
-        model: ``"sdxl"`` (the toy SDXL and kohya's SDXL LLLite) or ``"anima"`` (the toy Anima and kohya's
-            Anima LLLite, trained with :class:`lllite.recipes.AnimaToyRecipe`, whose settings then replace the
-            SDXL recipe's).
+        model: the family (:mod:`lllite.families`): ``"sdxl"`` (the toy SDXL and kohya's SDXL LLLite) or
+            ``"anima"`` (the toy Anima and kohya's Anima LLLite, v2); it trains with the family's toy recipe
+            (:class:`lllite.sdxl.toy.ToyRecipe`, :class:`lllite.anima.toy.ToyRecipe`).
         out: output folder.
+        train_samples, max_train_seconds, max_train_steps, train_batch_size, compile, seed: the toy recipe's
+            fields of the same names (the same defaults in every family); ``seed`` also seeds the evaluation.
+        recipe: any other field of the family's toy recipe, e.g. ``{"learning_rate": 1e-3}`` or ``{"size": 64}``.
         eval_samples: held-out shapes scored at every multiplier.
-        size: image side in pixels (the toy SDXL is trained at 128; Anima's demo takes its recipe's 64).
         multipliers: the strengths compared.
         num_inference_steps, guidance_scale: sampling settings of the evaluation.
         grid_rows: held-out samples shown in ``comparison.png``.
@@ -64,14 +66,18 @@ class DemoConfig(ToyRecipe):
             samples per second of one (776 steps of 16 in 5 minutes, against 1099 of 8). With a CUDA
             GPU the demo trains in one process on the same total batch.
         overwrite: replace the outputs of an earlier demo in ``out``.
-        **recipe: any :class:`lllite.recipes.ToyRecipe` field; ``seed`` also seeds the evaluation. For Anima
-            only the data, budget, batch and seed fields carry over (:meth:`anima_recipe`).
     """
 
-    model: str = "sdxl"
+    model: str = families.DEFAULT.name
     out: str = "lllite-demo"
+    train_samples: int = 2000
+    max_train_seconds: float = 300.0
+    max_train_steps: int = 4000
+    train_batch_size: int = 8
+    compile: bool = False
+    seed: int = 0
+    recipe: dict = field(default_factory=dict)
     eval_samples: int = 32
-    size: int = 128
     multipliers: tuple[float, ...] = MULTIPLIERS
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
@@ -80,19 +86,23 @@ class DemoConfig(ToyRecipe):
     processes: int = 2
     overwrite: bool = False
 
-    def anima_recipe(self) -> AnimaToyRecipe:
-        """The Anima recipe with this demo's data, budget, batch and seed (the rest is the recipe's own)."""
-        return AnimaToyRecipe(train_samples=self.train_samples, max_train_seconds=self.max_train_seconds,
-                              max_train_steps=self.max_train_steps, train_batch_size=self.train_batch_size,
-                              seed=self.seed)
+    def toy_recipe(self):
+        """The family's toy recipe with this demo's data, budget, batch, compile and seed, and :attr:`recipe`'s changes."""
+        shared = dict(train_samples=self.train_samples, max_train_seconds=self.max_train_seconds,
+                      max_train_steps=self.max_train_steps, train_batch_size=self.train_batch_size,
+                      compile=self.compile, seed=self.seed)
+        return families.get(self.model, "model").role("toy").ToyRecipe(**shared, **self.recipe)
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":
-        """A smoke-test setting: a handful of samples and steps; the numbers mean nothing."""
+        """A smoke-test setting: a handful of samples and steps; the numbers mean nothing. ``changes`` may name
+        the demo's fields and the toy recipe's (those go into :attr:`recipe`)."""
         settings = dict(train_samples=16, eval_samples=4, max_train_steps=3, train_batch_size=4,
                         num_inference_steps=4, grid_rows=2, processes=1)
         settings.update(changes)
-        return cls(**settings)
+        own = {f.name for f in fields(cls)}
+        recipe = {**settings.pop("recipe", {}), **{k: settings.pop(k) for k in list(settings) if k not in own}}
+        return cls(**settings, recipe=recipe)
 
 
 @dataclass
@@ -148,10 +158,10 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
     Args:
         config: the demo's settings.
-        pipe: the SDXL pipeline to train on; by default the pretrained toy (``lllite.load_pipeline("toy")``).
+        pipe: the pipeline to train on; by default the family's pretrained toy
+            (``lllite.load_pipeline("toy", model_family=config.model)``).
     """
-    if config.model not in ("sdxl", "anima"):
-        raise LLLiteError(f"model {config.model!r}: choose 'sdxl' or 'anima'")
+    families.get(config.model, "model")
     for name in ("threads", "processes"):
         if getattr(config, name) < 1:
             raise LLLiteError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -165,14 +175,12 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
 
 
 def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
-    from .pipelines import load_pipeline
-
     out = Path(config.out)
+    recipe = config.toy_recipe()
     _prepare(out, config.overwrite)
-    anima = config.model == "anima"
+    family = families.get(config.model)
     if pipe is None:
-        pipe = load_pipeline("toy", model_family=config.model)
-    recipe = config.anima_recipe() if anima else config
+        pipe = auto.load_pipeline(TOY, model_family=family.name)
     size = recipe.size
     batch_size = config.train_batch_size
 
@@ -209,7 +217,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
                  + [fidelity.images[m][i] for m in fidelity.multipliers] for i, sample in enumerate(held_out[:rows])]
     labels = ["control", "target"] + [f"strength {m:g} (IoU {v:.2f})" for m, v in zip(fidelity.multipliers, means)]
     grid = image_grid(grid_rows, labels, [sample.caption for sample in held_out[:rows]],
-                      title=f"toy {'Anima ' if anima else ''}canny LLLite, {result.steps} steps; "
+                      title=f"toy {family.title} canny LLLite, {result.steps} steps; "
                             f"mean IoU over {len(held_out)} held-out shapes")
     save_png(grid, out / "comparison.png", overwrite=True)
     save_figure(plot_fidelity(fidelity, metrics=["iou"]), out / "iou_vs_strength.png")
@@ -223,7 +231,8 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         train_processes=processes,
         total_seconds=round(time.monotonic() - started, 1),
         out=str(out),
-        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        config={**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+                "recipe": asdict(recipe)},
     )
     write_text_atomic(out / "metrics.json", json.dumps(asdict(demo), indent=2) + "\n")
     return demo

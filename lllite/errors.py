@@ -21,3 +21,11 @@ class InputMissingError(LLLiteError, FileNotFoundError):
 
 class CompiledWithoutNetworkError(LLLiteError):
     """A compiled UNet ran code compiled before an LLLite network was attached, so the network did not act."""
+
+
+class PipelineLoadError(LLLiteError):
+    """A model name or path that does not load as the pipeline asked for; the message says what was tried."""
+
+
+class TrainError(LLLiteError):
+    """A setting, model or dataset that training cannot use; the message says which and what to do."""

@@ -1,4 +1,5 @@
-"""The package's plots, made one way: a matplotlib Figure without pyplot, then a picture or a PNG file.
+"""The package's plots and tables, made one way: a matplotlib Figure without pyplot, then a picture or a PNG
+file; a :class:`Table` that notebooks show as Markdown.
 
 pyplot keeps global state (a current figure, a list of open ones, a backend chosen once per process);
 a Figure on its own Agg canvas has none, so plotting from a training thread or a library call never
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 from PIL import Image
 
@@ -52,3 +54,30 @@ def figure_image(figure) -> Image.Image:
 def save_figure(figure, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """A figure written as a PNG file, atomically (see :func:`lllite.files.write_atomic`)."""
     return write_atomic(path, lambda temporary: figure.savefig(temporary, format="png"), overwrite)
+
+
+class Table:
+    """Rows under headers, shown as a Markdown table by Jupyter, Colab and saved notebooks (``_repr_markdown_``),
+    with no display library needed to make one.
+
+    Args:
+        rows: the cells, row by row (any values; shown with ``str``).
+        headers: one per column.
+        caption: Markdown text shown above the table.
+
+    Attributes:
+        data: the Markdown text.
+    """
+
+    def __init__(self, rows: Sequence[Sequence[Any]], headers: Sequence[str], caption: str | None = None):
+        self.rows, self.headers, self.caption = [list(row) for row in rows], list(headers), caption
+        lines = ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in self.rows]
+        table = "\n".join(lines)
+        self.data = table if caption is None else f"{caption}\n\n{table}"
+
+    def _repr_markdown_(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return self.data

@@ -24,20 +24,17 @@ the compiled code reads, so it is compiled again.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
-
-if TYPE_CHECKING:
-    from .network import LLLiteNetwork
 
 
 class Dispatch:
     """The single pre-hook on one target Linear; it adds the change of every attached network."""
 
     def __init__(self, linear: nn.Module):
-        self.entries: list[tuple[LLLiteNetwork, str]] = []
+        self.entries: list[tuple[nn.Module, str]] = []  # (network, kohya module name)
         self.handle = linear.register_forward_pre_hook(self)
 
     def __call__(self, linear: nn.Module, args: tuple) -> tuple | None:
@@ -55,14 +52,14 @@ class Dispatch:
 _DISPATCH: "weakref.WeakKeyDictionary[nn.Module, Dispatch]" = weakref.WeakKeyDictionary()
 
 
-def hook(linear: nn.Module, network: "LLLiteNetwork", name: str) -> None:
+def hook(linear: nn.Module, network: nn.Module, name: str) -> None:
     dispatch = _DISPATCH.get(linear)
     if dispatch is None:
         dispatch = _DISPATCH[linear] = Dispatch(linear)
     dispatch.entries.append((network, name))
 
 
-def unhook(linear: nn.Module, network: "LLLiteNetwork", name: str) -> None:
+def unhook(linear: nn.Module, network: nn.Module, name: str) -> None:
     dispatch = _DISPATCH.get(linear)
     if dispatch is None:
         return
@@ -90,18 +87,18 @@ def _compiled_inner(model: nn.Module) -> nn.Module:
 
 
 class Attachment:
-    """What :meth:`LLLiteNetwork.apply_to` set up, so that :meth:`LLLiteNetwork.remove` undoes exactly that.
+    """What :meth:`lllite.controls.ControlledNetwork.apply_to` set up, so that ``remove`` undoes exactly that.
 
     Args:
-        network: the network being attached; it provides ``_before_model``, ``_before_time``,
-            ``_after_model`` and ``_change``.
+        network: the network being attached (a :class:`lllite.controls.ControlledNetwork`); it provides
+            ``_before_model``, ``_before_time``, ``_after_model`` and ``_change``.
         model: the UNet or transformer.
         pipeline: the pipeline it belongs to, or None.
         paths: kohya module name -> path of the target Linear in the model.
         time_module: the module called once per model call with the timestep as its input.
     """
 
-    def __init__(self, network: "LLLiteNetwork", model: nn.Module, pipeline: Any, paths: dict[str, str],
+    def __init__(self, network: nn.Module, model: nn.Module, pipeline: Any, paths: dict[str, str],
                  time_module: nn.Module):
         self.network, self.model, self.pipeline = network, model, pipeline
         self.linears: dict[str, tuple[nn.Module, str, nn.Module]] = {}  # name -> (parent, attribute, hooked module)

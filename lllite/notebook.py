@@ -1,15 +1,12 @@
-"""What the notebooks show and how: where they run, which model, pictures, tables, live controls.
+"""What the notebooks show and how: pictures, tables, live controls, the training monitor.
 
-The notebooks stay thin (prose, calls, widgets, pictures). This module holds display code only; what
-they compute lives in the package, where it is tested: :mod:`lllite.architecture` (notebook 02),
-:mod:`lllite.recipes` (03), :mod:`lllite.sampling` and :mod:`lllite.evaluate` (04). Widget callbacks
-are plain functions that take values and return a picture, so a test can call them without a browser.
+The notebooks stay thin (prose, calls, widgets, pictures). This module holds display code only; where they
+run and which model they use is :mod:`lllite.environment`, and what they compute lives in the package, where
+it is tested: :mod:`lllite.architecture` (notebook 02), :mod:`lllite.recipes` (03), :mod:`lllite.sampling` and
+:mod:`lllite.evaluate` (04). Widget callbacks are plain functions that take values and return a picture, so a
+test can call them without a browser.
 
-    from lllite.notebook import detect_environment, load_pipeline
-    env = detect_environment()        # real SDXL on a GPU, the toy world on a CPU
-    pipe = load_pipeline(env)
-
-The model is SDXL's LLLite or Anima's (kohya's v2 DiT LLLite): ``env.family`` tells the notebooks which.
+    from lllite.notebook import LiveView, show
 """
 from __future__ import annotations
 
@@ -17,155 +14,20 @@ import os
 import sys
 import threading
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import families
 from .conditioning import canny
 from .data import CONDITIONING_BACKGROUND, IMAGE_BACKGROUND, PairingReport, load_rgb
-from .errors import InputMissingError, LLLiteError
-from .figures import figure_image
+from .errors import LLLiteError
+from .figures import Table, figure_image
 from .images import region_mask
 from .sampling import comparison_grid, describe_multiplier, image_grid, side_by_side
-from .sdxl import SDXL_BASE
-
-#: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
-QUICK_ENV = "LLLITE_QUICK"
-#: Environment variable that chooses the model where a notebook says ``MODEL = "auto"``: the tests run the
-#: notebooks on the toy Anima with ``LLLITE_MODEL=anima-toy`` without editing them.
-MODEL_ENV = "LLLITE_MODEL"
-#: Environment variable with real Anima's diffusers-format folder or hub id, where ``ANIMA`` is not set.
-ANIMA_ENV = "LLLITE_ANIMA"
-MODELS = ("auto", "toy", "sdxl", "anima-toy", "anima")
-#: How to get a diffusers-format Anima, which ``MODEL = "anima"`` needs.
-ANIMA_HOWTO = ("diffusers' scripts/convert_anima_to_diffusers.py writes one from Anima's checkpoints (the DiT, "
-               "the Qwen3 text encoder, the LLM adapter and the Qwen-Image VAE)")
-#: kohya's published canny LLLite for SDXL, the default file of the sampling notebook on real SDXL.
-PUBLISHED_REPO = "kohya-ss/controlnet-lllite"
-PUBLISHED_FILE = "controllllite_v01032064e_sdxl_canny.safetensors"
-
-
-# ------------------------------------------------------------------------------------------ environment
-
-
-def quick_mode(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether ``LLLITE_QUICK`` asks for the quick setting: ``1``/``true``/``yes`` on, unset/``0``/``false``/``no`` off."""
-    value = (os.environ if environ is None else environ).get(QUICK_ENV, "").strip().lower()
-    if value in ("", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise LLLiteError(f"{QUICK_ENV}={value!r}: set it to 1 for the quick setting, or to 0 (or leave it unset) for the full one")
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Where a notebook runs and what it will use.
-
-    Attributes:
-        in_colab: running in Google Colab.
-        gpu: the CUDA GPU's name, or None on a CPU.
-        device: ``"cuda"`` or ``"cpu"``.
-        model: ``"sdxl"`` (stabilityai/stable-diffusion-xl-base-1.0), ``"toy"`` (the offline tiny SDXL),
-            ``"anima"`` (real Anima from ``anima``) or ``"anima-toy"`` (the offline tiny Anima).
-        quick: a few samples and steps, to check that everything runs (CI); the results mean nothing.
-        anima: real Anima's diffusers-format folder or hub id (``model == "anima"`` only).
-    """
-
-    in_colab: bool
-    gpu: str | None
-    device: str
-    model: str
-    quick: bool
-    anima: str | None = None
-
-    @property
-    def family(self) -> str:
-        """``"sdxl"`` (SDXL's LLLite) or ``"anima"`` (kohya's v2 DiT LLLite)."""
-        return "anima" if self.model in ("anima", "anima-toy") else "sdxl"
-
-    @property
-    def toy(self) -> bool:
-        """The offline tiny model of the family, which runs on a CPU."""
-        return self.model in ("toy", "anima-toy")
-
-    @property
-    def runs(self) -> Path:
-        """The notebooks' working folder for this model, ``runs/<model>``: data and runs of one model never
-        meet another's (the toy SDXL's 128 px shapes are not the toy Anima's 64 px ones)."""
-        return Path("runs") / self.model
-
-    @property
-    def image_size(self) -> int:
-        """The side in pixels that the model was trained at: 1024 for SDXL and Anima, 128 for the toy SDXL,
-        64 for the toy Anima."""
-        return {"toy": 128, "anima-toy": 64}.get(self.model, 1024)
-
-    def __str__(self) -> str:
-        model = {"sdxl": SDXL_BASE, "toy": "the toy SDXL (offline, a few MB)", "anima": f"Anima ({self.anima})",
-                 "anima-toy": "the toy Anima (offline, a few MB)"}[self.model]
-        return (f"Colab: {'yes' if self.in_colab else 'no'} | GPU: {self.gpu or 'none, CPU only'} | "
-                f"model: {model} | quick setting: {'on' if self.quick else 'off'} ({QUICK_ENV})")
-
-
-def detect_environment(model: str = "auto", environ: Mapping[str, str] | None = None, *,
-                       anima: str | os.PathLike | None = None) -> Environment:
-    """Detect Colab and the GPU, and choose the model.
-
-    Args:
-        model: ``"auto"`` (real SDXL on a GPU, the toy world otherwise; or what ``LLLITE_MODEL`` names),
-            ``"toy"``, ``"sdxl"``, ``"anima-toy"`` (the offline toy Anima, 64 px) or ``"anima"`` (real Anima,
-            from ``anima``).
-        environ: environment variables to read ``LLLITE_QUICK``, ``LLLITE_MODEL`` and ``LLLITE_ANIMA`` from
-            (default: the process's).
-        anima: for ``"anima"``: a local diffusers-format Anima folder or a hub id; default ``LLLITE_ANIMA``.
-
-    Raises:
-        LLLiteError: an unknown model, or ``"anima"`` with no Anima given (the message says how to get one).
-    """
-    environ = os.environ if environ is None else environ
-    named = environ.get(MODEL_ENV, "").strip()
-    if model == "auto" and named:
-        if named not in MODELS:
-            raise LLLiteError(f"{MODEL_ENV}={named!r}: choose one of {', '.join(MODELS)}")
-        model = named
-    if model not in MODELS:
-        raise LLLiteError(f"MODEL = {model!r}: choose 'auto' (real SDXL on a GPU, the toy otherwise), 'toy', 'sdxl', "
-                          "'anima-toy' or 'anima'")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    chosen = ("sdxl" if gpu else "toy") if model == "auto" else model
-    if chosen == "anima":
-        anima = anima if anima is not None else (environ.get(ANIMA_ENV, "").strip() or None)
-        if anima is None:
-            raise LLLiteError(f"MODEL = 'anima' needs real Anima in diffusers' format: set ANIMA (or {ANIMA_ENV}) to "
-                              f"its local folder or hub id; {ANIMA_HOWTO}. Or choose MODEL = 'anima-toy'")
-        anima = str(anima)
-    else:
-        anima = None
-    if chosen in ("sdxl", "anima") and gpu is None:
-        warnings.warn(f"MODEL = {chosen!r} without a GPU: every image takes minutes on a CPU", stacklevel=2)
-    return Environment("google.colab" in sys.modules, gpu, "cuda" if gpu else "cpu", chosen, quick_mode(environ), anima)
-
-
-def load_pipeline(env: Environment):
-    """The pipeline the environment asks for, on its device (:func:`lllite.load_pipeline`): real SDXL from
-    the hub (in float16 on a GPU), real Anima from ``env.anima`` (in bfloat16 on a GPU, Anima's own type),
-    or the pretrained toy SDXL or toy Anima shipped with the package."""
-    from .pipelines import load_pipeline as load
-
-    if env.family == "anima":
-        half = env.model == "anima" and env.device == "cuda"
-        return load(env.anima if env.model == "anima" else "toy", dtype=torch.bfloat16 if half else torch.float32,
-                    device=env.device, what="ANIMA" if env.model == "anima" else "MODEL", model_family="anima")
-    half = env.model == "sdxl" and env.device == "cuda"
-    return load(SDXL_BASE if env.model == "sdxl" else "toy", dtype=torch.float16 if half else torch.float32,
-                device=env.device, variant="fp16" if half else None, what="MODEL")
-
 
 # ------------------------------------------------------------------------------------------ pictures
 
@@ -193,13 +55,9 @@ def as_picture(item: Any) -> Any:
     return picture
 
 
-def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]):
-    """A table as IPython Markdown; it renders in Jupyter, Colab and saved notebooks alike."""
-    from IPython.display import Markdown
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return Markdown("\n".join(lines))
+def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> Table:
+    """A table that renders as Markdown in Jupyter, Colab and saved notebooks alike (:class:`lllite.figures.Table`)."""
+    return Table(rows, headers)
 
 
 def _enlarged(image: Image.Image, height: int) -> Image.Image:
@@ -304,20 +162,10 @@ def canny_view(image, low_threshold: int = 100, high_threshold: int = 200, heigh
 # ------------------------------------------------------------------------------------------ 03: training
 
 
-#: The settings notebook 03 shows, by model family.
-SHOWN_SETTINGS = {
-    "sdxl": ("pretrained_model_name_or_path", "cond_emb_dim", "network_dim", "learning_rate", "train_batch_size",
-             "max_train_steps", "max_train_seconds", "timestep_sampling", "debiased_estimation_loss",
-             "mixed_precision", "optimizer_type", "sample_every_n_steps"),
-    "anima": ("pretrained_model_name_or_path", "model_family", "cond_emb_dim", "network_dim", "lllite_target_layers",
-              "lllite_cond_dim", "lllite_cond_resblocks", "learning_rate", "train_batch_size", "max_train_steps",
-              "max_train_seconds", "timestep_sampling", "mixed_precision", "optimizer_type", "sample_every_n_steps"),
-}
-
-
-def settings_table(config, family: str = "sdxl"):
-    """A training config's main settings for the model family (:data:`SHOWN_SETTINGS`), as a Markdown table."""
-    return markdown_table([(f"`{name}`", getattr(config, name)) for name in SHOWN_SETTINGS[family]], ["setting", "value"])
+def settings_table(config, family: str = families.DEFAULT.name) -> Table:
+    """A training config's main settings for the model family (its training's ``SHOWN_SETTINGS``), as a table."""
+    shown = families.get(family).role("training").SHOWN_SETTINGS
+    return markdown_table([(f"`{name}`", getattr(config, name)) for name in shown], ["setting", "value"])
 
 
 def validation_grids(output_dir: str | os.PathLike) -> list[Path]:
@@ -369,7 +217,7 @@ class TrainingMonitor:
             self._drawn_at = now
 
     def _draw_losses(self) -> None:
-        from .train import loss_figure
+        from .train.validation import loss_figure
 
         handle = self._handles.get("loss")
         if handle is not None and self.losses:
@@ -428,61 +276,13 @@ class TrainingMonitor:
 # ------------------------------------------------------------------------------------------ 04: sampling
 
 
-def trained_files(env: Environment, folders: Sequence[str | os.PathLike]) -> list[Path]:
-    """Where the environment's training recipe (:func:`lllite.recipes.training_config`) writes its file in
-    each of ``folders``, in their order: the files :func:`find_weights` looks for."""
-    from .recipes import recipe_settings
-
-    name = recipe_settings(env)["output_name"]
-    return [Path(folder) / f"{name}.safetensors" for folder in folders]
-
-
-def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequence[str | os.PathLike] = ()) -> Path | None:
-    """The LLLite file the sampling notebook loads.
-
-    Args:
-        env: on real SDXL with no ``path``, kohya's published canny file is downloaded from the hub.
-        path: a file the user chose; it must exist.
-        trained: files a training run may have written, in order of preference (:func:`trained_files`);
-            the first that exists is used for the toys and real Anima.
-
-    Returns:
-        The file, or None when a toy has no trained file yet (train one first).
-
-    Raises:
-        InputMissingError: ``path`` is not a file, or real Anima has no trained file (there is no published
-            one to fall back on): the message says to train one in notebook 03 or to set ``WEIGHTS``.
-    """
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise InputMissingError(f"WEIGHTS = {str(path)!r}: no such file; give a kohya-format LLLite .safetensors")
-        return path
-    if env.model == "sdxl":
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(PUBLISHED_REPO, PUBLISHED_FILE))
-    found = next((Path(p) for p in trained if Path(p).is_file()), None)
-    if found is None and env.model == "anima":
-        looked = ", ".join(str(p) for p in trained) or "no file named"
-        raise InputMissingError(f"WEIGHTS: no Anima LLLite file yet ({looked}): train one with notebook 03, or set "
-                                "WEIGHTS to a kohya Anima LLLite .safetensors")
-    return found
-
-
 def file_summary(network) -> list[tuple[str, Any]]:
     """What a loaded LLLite file holds, as (name, value) rows: its size and architecture, and the training
     run's steps and base model from its metadata (the keys kohya's trainers write for the network's family)."""
     rows: list[tuple[str, Any]] = [("modules", len(network)), ("cond_emb_dim", network.cond_emb_dim),
                                    ("network_dim", network.network_dim),
                                    ("parameters", f"{sum(p.numel() for p in network.parameters()):,}")]
-    from .anima.network import AnimaLLLiteNetwork
-
-    keys = ("ss_network_module", "ss_steps", "ss_sd_model_name")
-    if isinstance(network, AnimaLLLiteNetwork):
-        keys = ("modelspec.architecture", "lllite.version", "lllite.target_atomics", "lllite.cond_dim",
-                "lllite.cond_resblocks", "ss_steps", "ss_sd_model_name")
-    return rows + [(f"`{key}`", network.metadata[key]) for key in keys if key in network.metadata]
+    return rows + [(f"`{key}`", network.metadata[key]) for key in network.summary_keys if key in network.metadata]
 
 
 def control_view(pipe, network, control, prompt: str, multiplier: float, control_guidance: tuple[float, float],

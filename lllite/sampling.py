@@ -1,4 +1,4 @@
-"""Generate with LLLite networks on any SDXL pipeline, and compare strengths by looking.
+"""Generate with LLLite networks on an SDXL or Anima pipeline, and compare strengths by looking.
 
     from lllite.sampling import generate, strength_grid, save_png
     images = generate(pipe, network, control, "a red circle", seed=[0, 1], multiplier=0.8)
@@ -6,11 +6,11 @@
     save_png(grid, "grid.png")
 
 Names: this is where kohya's names meet diffusers'. The network, its files and the training options
-use kohya's (``multiplier``, the strength of :meth:`LLLiteNetwork.set_multiplier`; ``cond_emb_dim``,
+use kohya's (``multiplier``, the strength of :meth:`lllite.controls.ControlledNetwork.set_multiplier`; ``cond_emb_dim``,
 ``network_dim``); everything passed to the pipeline uses diffusers' (``prompt``, ``negative_prompt``,
 ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``), and the step range is diffusers'
 ``control_guidance_start`` / ``control_guidance_end`` (fractions of the denoising steps), which
-:meth:`LLLiteNetwork.set_step_range` takes. The functions here take the pipeline, the network(s), the
+:meth:`ControlledNetwork.set_step_range` takes. The functions here take the pipeline, the network(s), the
 control and the prompt(s) by position and everything else by keyword.
 
 Every image carries its generation parameters in ``image.info["parameters"]`` (JSON with the keys
@@ -31,11 +31,11 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from . import families
+from .controls import ControlledNetwork, Keyframes, Multiplier, is_keyframes, keyframes
 from .errors import LLLiteError
 from .files import write_atomic
-from .controls import ControlledNetwork, Keyframes, Multiplier, is_keyframes, keyframes
 from .images import to_control_tensor, to_mask_tensor, to_pil
-from .network import LLLiteNetwork
 
 #: Multipliers of the guidance-strength comparison.
 MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -66,7 +66,7 @@ def _networks(networks) -> list[ControlledNetwork]:
 
 
 @contextmanager
-def _controlled(pipe, networks: list[LLLiteNetwork], controls: list, multipliers: list, masks: list,
+def _controlled(pipe, networks: list[ControlledNetwork], controls: list, multipliers: list, masks: list,
                 control_guidance_start: float, control_guidance_end: float):
     """Attach (if needed) and set up each network for one generation; restore everything after."""
     saved = [(n.cond_image, n.multiplier, n.mask, n.control_guidance_start, n.control_guidance_end, n.is_attached,
@@ -121,35 +121,15 @@ def _mask_record(mask: torch.Tensor | None):
     return {"height": mask.shape[-2], "width": mask.shape[-1], "coverage": round(float(mask.mean()), 4)}
 
 
-def _is_anima(pipe) -> bool:
-    from .anima.names import is_anima_transformer
-
-    transformer = getattr(pipe, "transformer", None)
-    return transformer is not None and is_anima_transformer(transformer)
-
-
-def _pixel_size(control: torch.Tensor, height: int | None, width: int | None, anima: bool) -> tuple[int, int]:
+def _pixel_size(family: families.Family, control: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
     height = height or control.shape[-2]
     width = width or control.shape[-1]
-    multiple, why = (16, "Anima's VAE and 2x2 patches") if anima else (8, "SDXL's VAE")
+    pipeline = family.role("pipeline")
+    multiple = pipeline.PIXEL_MULTIPLE
     if height % multiple or width % multiple:
-        raise LLLiteError(f"height and width must be multiples of {multiple} ({why}), got {height}x{width}")
+        raise LLLiteError(f"height and width must be multiples of {multiple} ({pipeline.PIXEL_MULTIPLE_REASON}), "
+                          f"got {height}x{width}")
     return height, width
-
-
-def _run(pipe, prompts, negatives, height, width, num_inference_steps, guidance_scale, seeds) -> list[Image.Image]:
-    """The pipeline's own call: SDXL's ``pipe(...)``, or Anima's modular pipeline (its guider calls the DiT
-    once per guidance branch)."""
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    if _is_anima(pipe):
-        from .anima.pipeline import generate as anima_generate
-
-        return anima_generate(pipe, prompts, negative_prompt=[""] * len(prompts) if negatives is None else negatives,
-                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              height=height, width=width, generator=generators)
-    return pipe(prompt=prompts, negative_prompt=negatives, height=height, width=width,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generators,
-                output_type="pil").images
 
 
 @torch.no_grad()
@@ -177,11 +157,12 @@ def generate(
     each with its own control, multiplier and mask (canny on the left, depth on the right).
 
     Args:
-        pipe: a diffusers ``StableDiffusionXLPipeline`` (or one with the same call signature), or an Anima
-            pipeline (``AnimaModularPipeline``, see :mod:`lllite.anima.pipeline`).
-        networks: one :class:`LLLiteNetwork` (or :class:`lllite.anima.AnimaLLLiteNetwork`) or a list of them.
+        pipe: a pipeline of one of lllite's families (:mod:`lllite.families`): a diffusers
+            ``StableDiffusionXLPipeline`` (or one with the same call signature), or an Anima pipeline
+            (``AnimaModularPipeline``, see :mod:`lllite.anima.pipeline`).
+        networks: one :class:`lllite.LLLiteNetwork` (or :class:`lllite.anima.AnimaLLLiteNetwork`) or a list of them.
         control: the control image (PIL, uint8 numpy, or tensor in [-1, 1]; see
-            :meth:`LLLiteNetwork.set_cond_image`) for one network; a list with one per network for
+            :meth:`ControlledNetwork.set_cond_image`) for one network; a list with one per network for
             several. A batch of images gives one control per generated image.
         prompt: one prompt, or one per image.
         negative_prompt: None (the pipeline's default), one, or one per image.
@@ -190,9 +171,9 @@ def generate(
         guidance_scale: classifier-free guidance scale (1 switches guidance off).
         multiplier: the strength of every network, or a list with one per network: a number (0
             switches a network off) or keyframes, ``(start, strength)`` pairs over the denoising steps
-            (see :meth:`LLLiteNetwork.set_multiplier`).
+            (see :meth:`lllite.controls.ControlledNetwork.set_multiplier`).
         mask: where the networks act: None (everywhere), one mask for every network, or a list with
-            one per network (None for everywhere); see :meth:`LLLiteNetwork.set_mask`.
+            one per network (None for everywhere); see :meth:`ControlledNetwork.set_mask`.
         control_guidance_start, control_guidance_end: fractions of the denoising steps where the
             networks act (0 <= start < end <= 1), as in diffusers' ControlNet pipelines.
         height, width: pixel size; by default the first control image's size.
@@ -225,10 +206,14 @@ def generate(
         if len(negatives) not in (1, count):
             raise LLLiteError(f"negative_prompt: give one or {count} values (one per image), got {len(negatives)}")
         negatives = negatives * count if len(negatives) == 1 else negatives
-    height, width = _pixel_size(controls[0], height, width, _is_anima(pipe))
+    family = families.of_pipeline(pipe)
+    height, width = _pixel_size(family, controls[0], height, width)
 
     with _controlled(pipe, networks, controls, multipliers, masks, control_guidance_start, control_guidance_end):
-        images = _run(pipe, prompts, negatives, height, width, num_inference_steps, guidance_scale, seeds)
+        images = family.role("pipeline").generate(
+            pipe, prompts, negative_prompt=negatives, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width,
+            generator=[torch.Generator().manual_seed(s) for s in seeds])
     records = [_multiplier_record(m) for m in multipliers]
     mask_records = [_mask_record(m) for m in masks]
     names = [n.metadata.get("ss_output_name") or n.metadata.get("lllite.name") or f"network {i}" for i, n in enumerate(networks)]
@@ -354,7 +339,7 @@ def describe_multiplier(multiplier: Multiplier) -> str:
 @torch.no_grad()
 def comparison_grid(
     pipe,
-    network: LLLiteNetwork,
+    network: ControlledNetwork,
     control,
     prompts: str | Sequence[str],
     *,
@@ -416,7 +401,7 @@ def comparison_grid(
     return grid
 
 
-def strength_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], *,
+def strength_grid(pipe, network: ControlledNetwork, control, prompts: str | Sequence[str], *,
                   multipliers: Sequence[float] = MULTIPLIERS, control_guidance_start: float = 0.0,
                   control_guidance_end: float = 1.0, **options) -> Image.Image:
     """The guidance-strength comparison: multipliers in columns, prompts x seeds in rows, the control first.
@@ -433,7 +418,7 @@ def strength_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence
     return comparison_grid(pipe, network, control, prompts, columns=columns, **options)
 
 
-def step_range_grid(pipe, network: LLLiteNetwork, control, prompt: str, *,
+def step_range_grid(pipe, network: ControlledNetwork, control, prompt: str, *,
                     control_guidance_ranges: Sequence[tuple[float, float]] = STEP_RANGES, multiplier: float = 1.0,
                     **options) -> Image.Image:
     """Where in the denoising the control acts: step ranges (start-end) in columns, seeds in rows.
@@ -449,12 +434,12 @@ def step_range_grid(pipe, network: LLLiteNetwork, control, prompt: str, *,
                            title=f"{prompt} | strength {describe_multiplier(multiplier)}", **options)
 
 
-def schedule_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], *,
+def schedule_grid(pipe, network: ControlledNetwork, control, prompts: str | Sequence[str], *,
                   schedules: Mapping[str, Multiplier] = SCHEDULES, mask=None, **options) -> Image.Image:
     """Strength schedules over the denoising steps side by side (strong early, strong late, constant...).
 
     Args:
-        schedules: label -> a multiplier or keyframes (see :meth:`LLLiteNetwork.set_multiplier`), one column each.
+        schedules: label -> a multiplier or keyframes (see ``set_multiplier``), one column each.
         mask: the mask of every column (see :func:`generate`).
         **options: as in :func:`strength_grid`.
     """
@@ -463,13 +448,13 @@ def schedule_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence
     return comparison_grid(pipe, network, control, prompts, columns=columns, **options)
 
 
-def mask_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str], mask, *,
+def mask_grid(pipe, network: ControlledNetwork, control, prompts: str | Sequence[str], mask, *,
               multiplier: Multiplier = 1.0, **options) -> Image.Image:
     """Masked against unmasked: the mask, then the image without the network, with it everywhere, and
     with it only where the mask lets it act.
 
     Args:
-        mask: the mask compared (see :meth:`LLLiteNetwork.set_mask`); one for every row.
+        mask: the mask compared (see :meth:`ControlledNetwork.set_mask`); one for every row.
         multiplier: the network's strength (or keyframes) in the last two columns.
         **options: as in :func:`strength_grid`.
     """
@@ -484,7 +469,7 @@ def mask_grid(pipe, network: LLLiteNetwork, control, prompts: str | Sequence[str
 @torch.no_grad()
 def side_by_side(
     pipe,
-    network: LLLiteNetwork,
+    network: ControlledNetwork,
     control,
     prompt: str,
     *,

@@ -42,7 +42,7 @@ if "google.colab" in sys.modules:
 MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
 ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
-from lllite.notebook import detect_environment
+from lllite.environment import detect_environment
 
 env = detect_environment(MODEL, anima=ANIMA)
 print(env)

@@ -40,7 +40,7 @@ if "google.colab" in sys.modules:
 MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
 ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
-from lllite.notebook import detect_environment
+from lllite.environment import detect_environment
 
 env = detect_environment(MODEL, anima=ANIMA)
 print(env)
@@ -71,7 +71,7 @@ LiveView(module_shapes_table,
 # depth 1 is what a block at the latent's own resolution would get.
 
 # %%
-from lllite.module import conditioning_stride, token_grid
+from lllite.sdxl.module import conditioning_stride, token_grid
 from lllite.architecture import SDXL_WIDTH_AT_DEPTH
 from lllite.notebook import markdown_table
 
@@ -117,7 +117,7 @@ LiveView(lambda cond_emb_dim, network_dim: plot_parameter_counts(parameter_count
 import torch
 
 from lllite.conditioning import canny
-from lllite.module import LLLiteModule
+from lllite.sdxl.module import LLLiteModule
 from lllite.architecture import embedding_channels
 from lllite.toy.shapes import render_sample
 
@@ -151,7 +151,7 @@ show(image_grid([[Image.fromarray(shape.image).resize((256, 256)), Image.fromarr
 
 # %%
 from lllite.architecture import attachment_table, plot_attachment
-from lllite.sdxl import sdxl_unet
+from lllite.sdxl.pipeline import sdxl_unet
 
 unet = sdxl_unet("meta")
 blocks = attachment_table(unet)
@@ -165,7 +165,7 @@ markdown_table([(f"`{b.sgm}`", f"`{b.diffusers}`", b.depth, b.modules, b.in_feat
 # holds the one mapping between both namings:
 
 # %%
-from lllite.names import find_targets
+from lllite.sdxl.names import find_targets
 
 targets = list(find_targets(unet, up_path=False).values())
 markdown_table([(f"`{t.name}`", f"`{t.path}`") for t in (targets[0], targets[8], targets[-1])],
@@ -182,10 +182,10 @@ markdown_table([(f"`{t.name}`", f"`{t.path}`") for t in (targets[0], targets[8],
 
 # %%
 from lllite.architecture import init_comparison
-from lllite.notebook import load_pipeline
+from lllite.environment import load_pipeline
 
-if env.family == "anima":
-    print("skipped on Anima: this comparison runs SDXL's UNet and its modules (MODEL = 'toy' or 'sdxl')")
+if env.family != "sdxl":
+    print(f"skipped on {env.family}: this comparison runs SDXL's UNet and its modules (MODEL = 'toy' or 'sdxl')")
 else:
     pipe = load_pipeline(env)
     steps = 2 if env.quick else 20
@@ -201,8 +201,8 @@ else:
 # %%
 from lllite.architecture import INITS, first_step_gradients, fresh_network
 
-if env.family == "anima":
-    print("skipped on Anima: the gradient probe runs SDXL's UNet (MODEL = 'toy' or 'sdxl')")
+if env.family != "sdxl":
+    print(f"skipped on {env.family}: the gradient probe runs SDXL's UNet (MODEL = 'toy' or 'sdxl')")
 else:
     rows = []
     for init in INITS:

@@ -39,7 +39,7 @@ if "google.colab" in sys.modules:
 MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
 ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
-from lllite.notebook import detect_environment
+from lllite.environment import detect_environment
 
 env = detect_environment(MODEL, anima=ANIMA)
 print(env)
@@ -86,7 +86,8 @@ else:
 # `OVERWRITE = True` starts over in a folder that already holds a run.
 
 # %%
-from lllite.notebook import load_pipeline, settings_table
+from lllite.environment import load_pipeline
+from lllite.notebook import settings_table
 from lllite.recipes import training_config
 
 OUTPUT_DIR = env.runs / "03_training"

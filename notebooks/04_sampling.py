@@ -37,7 +37,7 @@ if "google.colab" in sys.modules:
 MODEL = "auto"  # "auto": real SDXL on a GPU, the offline toy world on a CPU; or "toy", "sdxl", "anima-toy", "anima"
 ANIMA = None  # for "anima": a diffusers-format Anima folder or hub id (diffusers' convert_anima_to_diffusers.py)
 
-from lllite.notebook import detect_environment
+from lllite.environment import detect_environment
 
 env = detect_environment(MODEL, anima=ANIMA)
 print(env)
@@ -53,8 +53,8 @@ print(env)
 
 # %%
 import lllite
-from lllite.notebook import find_weights, load_pipeline, trained_files
-from lllite.recipes import shapes_dataset, training_config
+from lllite.environment import find_weights, load_pipeline
+from lllite.recipes import shapes_dataset, trained_files, training_config
 from lllite.train import train
 
 WEIGHTS = None  # e.g. "/content/drive/MyDrive/controllllite_v01032064e_sdxl_canny.safetensors"

@@ -9,11 +9,12 @@ from transformers import Qwen2Tokenizer, Qwen3Model, T5TokenizerFast
 
 from lllite.anima import toy
 from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
-                                   load_anima_pipeline, save_anima_pipeline, to_uint8_images, transformer_inputs)
+                                   load_pipeline, save_pipeline, to_uint8_images, transformer_inputs)
 from lllite.errors import InputMissingError
-from lllite.pipelines import MODULAR_INDEX, PipelineLoadError
-from lllite.toy.pipeline import CAPTION_WORDS
-from lllite.toy.pipeline import WEIGHTS_DIR as SDXL_TOY_WEIGHTS
+from lllite.anima.pipeline import MODULAR_INDEX
+from lllite.errors import PipelineLoadError
+from lllite.toy.tokenizers import CAPTION_WORDS
+from lllite.sdxl.toy import WEIGHTS_DIR as SDXL_TOY_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -171,11 +172,11 @@ def test_the_latent_normalisation_of_encode_is_undone_by_decode_as_in_the_pipeli
 
 def test_a_saved_pipeline_reloads_equal_even_after_its_folder_moved(pipe, tmp_path):
     first = tmp_path / "first"
-    save_anima_pipeline(pipe, first)
+    save_pipeline(pipe, first)
     moved = tmp_path / "moved"
     shutil.copytree(first, moved)
     shutil.rmtree(first)
-    loaded = load_anima_pipeline(moved)
+    loaded = load_pipeline(moved)
     assert isinstance(loaded, AnimaModularPipeline)
     for name in ("transformer", "text_conditioner", "text_encoder", "vae"):
         mine, theirs = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
@@ -191,26 +192,26 @@ def test_a_saved_pipeline_reloads_equal_even_after_its_folder_moved(pipe, tmp_pa
 
 def test_the_saved_index_records_the_folder_as_given(pipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    save_anima_pipeline(pipe, "relative")
+    save_pipeline(pipe, "relative")
     assert '"pretrained_model_name_or_path": "relative"' in (tmp_path / "relative" / MODULAR_INDEX).read_text()
 
 
 def test_a_folder_that_is_not_a_diffusers_anima_folder_is_refused_naming_the_argument(tmp_path):
     with pytest.raises(PipelineLoadError, match=r"--model .*no modular_model_index\.json"):
-        load_anima_pipeline(tmp_path, what="--model")
+        load_pipeline(tmp_path, what="--model")
     with pytest.raises(PipelineLoadError, match="name_or_path"):
-        load_anima_pipeline(SDXL_TOY_WEIGHTS)
+        load_pipeline(SDXL_TOY_WEIGHTS)
 
 
 def test_the_toy_without_its_weights_says_how_to_make_them(tmp_path, monkeypatch):
     monkeypatch.setattr(toy, "WEIGHTS_DIR", tmp_path / "missing")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputMissingError, match="python -m lllite.anima.pretrain"):
-        load_anima_pipeline("toy")
+        toy.load_pretrained()
 
 
 def test_the_shipped_toy_loads_and_generates():
-    pipe = load_anima_pipeline("toy")
+    pipe = toy.load_pretrained()
     assert pipe.transformer.dtype == torch.float32
     assert pipe.transformer.config.num_layers == toy.CONFIGS["toy"].dit_layers
     images = generate(pipe, "a red circle", num_inference_steps=2, guidance_scale=4.0, height=64, width=64, seed=0)
@@ -226,14 +227,14 @@ def test_the_shipped_toy_draws_the_captions_colour():
     from lllite.anima.pretrain import quality_gate
 
     # 4 seeds of each of the 12 captions; the pretraining's gate (16 seeds) measured a mean of 94.8%.
-    rates = quality_gate(load_anima_pipeline("toy"), seeds=4, num_inference_steps=20)
+    rates = quality_gate(toy.load_pretrained(), seeds=4, num_inference_steps=20)
     assert np.mean(list(rates.values())) >= 0.75
 
 
 
 def test_the_pretraining_stages_run_and_change_the_models():
     from lllite.anima.pretrain import PretrainConfig, set_latent_statistics, train_dit, train_vae
-    from lllite.toy.pretrain import render_training_set
+    from lllite.toy.pretraining import render_training_set
 
     cfg = PretrainConfig(train_samples=4, vae_steps=2, vae_batch=2, dit_steps=2, dit_batch=2, warmup_steps=1)
     pipe = toy.build_pipeline("test")

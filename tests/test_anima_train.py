@@ -70,7 +70,7 @@ def test_options_of_the_other_family_are_refused_by_name(shapes, tmp_path):
         train(config(shapes, tmp_path, min_snr_gamma=5.0), build_pipeline("test"))
     with pytest.raises(TrainError, match="timestep_sampling = 'cubic' is not one of Anima's"):
         train(config(shapes, tmp_path, timestep_sampling="cubic"), build_pipeline("test"))
-    from lllite.toy import build_pipeline as build_sdxl
+    from lllite.sdxl.toy import build_pipeline as build_sdxl
     with pytest.raises(TrainError, match="lllite_target_layers, lllite_cond_dim: not an option of SDXL"):
         train(config(shapes, tmp_path, lllite_target_layers="self_attn_qkv"), build_sdxl("test"))
 
@@ -105,10 +105,10 @@ def test_the_control_acts_through_the_modular_pipelines_guidance_calls():
 
 
 def test_the_command_line_trains_anima_from_a_toml_and_a_local_modular_folder(shapes, tmp_path, capsys, monkeypatch):
-    from lllite.anima.pipeline import save_anima_pipeline
+    from lllite.anima.pipeline import save_pipeline
     from lllite.train import main
 
-    save_anima_pipeline(build_pipeline("test"), tmp_path / "anima")
+    save_pipeline(build_pipeline("test"), tmp_path / "anima")
     (tmp_path / "data.toml").write_text(
         f'[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\n'
         f'image_dir = "{shapes / "images"}"\nconditioning_data_dir = "{shapes / "conditioning"}"\n')

@@ -11,9 +11,9 @@ from lllite.architecture import (
 )
 from lllite.conditioning import canny
 from lllite.errors import LLLiteError
-from lllite.module import LLLiteModule
-from lllite.sdxl import sdxl_unet
-from lllite.toy import build_pipeline
+from lllite.sdxl.module import LLLiteModule
+from lllite.sdxl.pipeline import sdxl_unet
+from lllite.sdxl.toy import build_pipeline
 from lllite.toy.shapes import render_sample
 
 

@@ -18,7 +18,7 @@ def test_inspect_names_the_missing_file(tmp_path, capsys):
 
 
 def test_the_demo_names_the_missing_toy_weights_and_how_to_make_them(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lllite.toy.pipeline.WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr("lllite.sdxl.toy.WEIGHTS_DIR", tmp_path / "weights")
     assert lllite_main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
     assert "python -m lllite.toy.pretrain" in one_error_line(capsys)
 

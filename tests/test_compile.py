@@ -16,8 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lllite
 from lllite.errors import CompiledWithoutNetworkError
-from lllite.names import find_targets
-from lllite.toy import build_pipeline
+from lllite.sdxl.names import find_targets
+from lllite.sdxl.toy import build_pipeline
 
 
 @pytest.fixture(autouse=True)

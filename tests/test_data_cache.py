@@ -6,8 +6,9 @@ import copy
 import pytest
 import torch
 
-from lllite.data import DatasetConfig, PairedDataset, SubsetConfig, encode_prompts
-from lllite.toy import build_pipeline
+from lllite.data import DatasetConfig, PairedDataset, SubsetConfig
+from lllite.sdxl.pipeline import encode_prompts
+from lllite.sdxl.toy import build_pipeline
 from test_data_folders import gradient, save, write_pair
 
 
@@ -78,27 +79,36 @@ def test_flip_aug_caches_both_orientations(pipe, folders):
     assert len(latents) == 2
 
 
+def sdxl_text(tokenizers, encoders):
+    """SDXL's text conditioning as the cache's ``encode`` (the trainer passes its family's)."""
+    return lambda captions: dict(zip(("prompt_embeds", "pooled_prompt_embeds"), encode_prompts(tokenizers, encoders, captions)))
+
+
 def test_text_cache_encodes_each_caption_once_and_follows_caption_and_encoder_changes(pipe, other_pipe, folders, tmp_path):
     tokenizers, encoders = (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2)
     cache = tmp_path / "text"
     dataset = dataset_of(*folders)
-    assert dataset.cache_text_encoder_outputs(tokenizers, encoders, cache, progress=False) == 2
+    assert dataset.cache_text_encoder_outputs(tokenizers, encoders, cache, progress=False,
+                                                    encode=sdxl_text(tokenizers, encoders)) == 2
     sample = dataset[0]
     expected, pooled = encode_prompts(tokenizers, encoders, [sample["caption"]])
     assert torch.allclose(sample["prompt_embeds"], expected[0]) and torch.allclose(sample["pooled_prompt_embeds"], pooled[0])
 
     images, _ = folders
     (images / "c.txt").write_text("a yellow triangle")
-    assert dataset_of(*folders).cache_text_encoder_outputs(tokenizers, encoders, cache, progress=False) == 1
+    assert dataset_of(*folders).cache_text_encoder_outputs(tokenizers, encoders, cache, progress=False,
+                                                    encode=sdxl_text(tokenizers, encoders)) == 1
 
     other_encoders = (other_pipe.text_encoder, other_pipe.text_encoder_2)
-    assert dataset_of(*folders).cache_text_encoder_outputs(tokenizers, other_encoders, cache, progress=False) == 3
+    assert dataset_of(*folders).cache_text_encoder_outputs(tokenizers, other_encoders, cache, progress=False,
+                                                                 encode=sdxl_text(tokenizers, other_encoders)) == 3
 
 
 def test_caption_dropout_uses_the_cached_empty_caption(pipe, folders):
     tokenizers, encoders = (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2)
     dataset = dataset_of(*folders, caption_dropout_rate=1.0)
-    assert dataset.cache_text_encoder_outputs(tokenizers, encoders, progress=False) == 3
+    assert dataset.cache_text_encoder_outputs(tokenizers, encoders, progress=False,
+                                              encode=sdxl_text(tokenizers, encoders)) == 3
     empty, _ = encode_prompts(tokenizers, encoders, [""])
     assert torch.allclose(dataset[1]["prompt_embeds"], empty[0])
 

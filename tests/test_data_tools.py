@@ -18,7 +18,7 @@ from data_tools.make_conditioning import ConditioningOptions, make_folder
 from data_tools.synthesize import SynthesisConfig, expand_wildcards, read_prompts, synthesize
 from lllite.conditioning import KINDS, blur, canny, greyscale, make_conditioning, soft_edge
 from lllite.data import PairedDataset, load_dataset_config, load_rgb
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 from test_data_folders import MESSY_EXPECTATIONS, MESSY_USABLE, gradient, make_messy_folder, save, truncated_png, write_pair
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 import lllite
-import lllite.pipelines
+import lllite.auto
 from lllite.__main__ import main
 from lllite.demo import DemoConfig, run_demo
-from lllite.names import find_targets
-from lllite.toy import build_pipeline
+from lllite.sdxl.names import find_targets
+from lllite.sdxl.toy import build_pipeline
 
 
 def quick(out, **changes) -> DemoConfig:
@@ -47,7 +47,7 @@ def test_the_demo_refuses_to_replace_an_earlier_demo_unless_asked(tmp_path):
 
 
 def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lllite.pipelines, "load_pipeline", lambda name, **options: build_pipeline("test"))
+    monkeypatch.setattr(lllite.auto, "load_pipeline", lambda name, **options: build_pipeline("test"))
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
@@ -98,7 +98,7 @@ def test_the_anima_demo_trains_kohyas_v2_network_on_the_toy_anima(tmp_path, monk
     from lllite.anima.toy import build_pipeline as build_anima
 
     loaded = []
-    monkeypatch.setattr(lllite.pipelines, "load_pipeline",
+    monkeypatch.setattr(lllite.auto, "load_pipeline",
                         lambda name, **options: loaded.append((name, options)) or build_anima("test"))
     assert main(["demo", "--quick", "--model", "anima", "--out", str(tmp_path)]) == 0
     assert loaded == [("toy", {"model_family": "anima"})]
@@ -106,7 +106,7 @@ def test_the_anima_demo_trains_kohyas_v2_network_on_the_toy_anima(tmp_path, monk
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 3 and metrics["config"]["model"] == "anima"
     network = lllite.load(metrics["weights"])
-    from lllite.recipes import AnimaToyRecipe
+    from lllite.anima.toy import ToyRecipe as AnimaToyRecipe
 
     assert isinstance(network, AnimaLLLiteNetwork)
     assert network.config.target_layers == AnimaToyRecipe().lllite_target_layers

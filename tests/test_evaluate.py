@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lllite.evaluate import fidelity_by_strength, plot_fidelity
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 from lllite.toy.shapes import eval_samples
 
 

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 import lllite
 from lllite import LLLiteFileError
-from lllite.names import find_targets
-from lllite.sdxl import sdxl_unet
+from lllite.sdxl.names import find_targets
+from lllite.sdxl.pipeline import sdxl_unet
 
 
 @pytest.fixture

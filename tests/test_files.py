@@ -7,8 +7,8 @@ import torch
 
 import lllite
 from lllite.files import write_atomic, write_bytes_atomic, write_text_atomic
-from lllite.module import LLLiteModule
-from lllite.network import LLLiteNetwork
+from lllite.sdxl.module import LLLiteModule
+from lllite.sdxl.network import LLLiteNetwork
 
 
 def mode(path) -> int:

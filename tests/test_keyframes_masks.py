@@ -12,7 +12,7 @@ import lllite
 from lllite.errors import LLLiteError
 from lllite.images import region_mask
 from lllite.sampling import generate as sample, mask_grid, schedule_grid
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 
 SIZE = 64
 FIRST_HALF = [(0.0, 1.0), (0.5, 0.0)]

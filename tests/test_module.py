@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from lllite import LLLiteModule
-from lllite.module import conditioning_stride, token_grid
+from lllite.sdxl.module import conditioning_stride, token_grid
 
 
 @pytest.mark.parametrize("depth, stride", [(1, 8), (2, 16), (3, 32)])

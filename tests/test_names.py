@@ -3,8 +3,8 @@ import re
 import pytest
 
 import lllite
-from lllite.names import diffusers_to_sgm, find_targets, module_name, sgm_to_diffusers
-from lllite.sdxl import sdxl_unet
+from lllite.sdxl.names import diffusers_to_sgm, find_targets, module_name, sgm_to_diffusers
+from lllite.sdxl.pipeline import sdxl_unet
 
 # The table of the format facts, for SDXL, written out instead of computed.
 SDXL_BLOCKS = {

@@ -130,7 +130,7 @@ def test_at_odd_sizes_each_token_reads_the_pixels_under_its_cell(depth):
     y, x = 100, 70  # the last cell, partly made of padding at depths 2 and 3
     changed = image.clone()
     changed[:, :, y, x] = -image[:, :, y, x]
-    rows, cols = lllite.module.token_grid(latent, depth)
+    rows, cols = lllite.sdxl.module.token_grid(latent, depth)
     embeddings = []
     for img in (image, changed):
         network.set_cond_image(img)

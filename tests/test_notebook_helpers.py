@@ -20,13 +20,14 @@ from PIL import Image
 
 from lllite.conditioning import canny
 from lllite.data import SubsetConfig, pair_subset
+from lllite.environment import Environment, detect_environment, find_weights, load_pipeline, quick_mode
 from lllite.notebook import (
-    Environment, LiveView, TrainingMonitor, canny_view, control_view, detect_environment, file_summary, find_weights,
-    load_pipeline, markdown_table, pair_view, quick_mode, schedule_view, settings_table, trained_files, unused_path,
-    validation_grids,
+    LiveView, TrainingMonitor, canny_view, control_view, file_summary, markdown_table, pair_view, schedule_view,
+    settings_table, unused_path, validation_grids,
 )
+from lllite.recipes import trained_files
 from lllite.errors import LLLiteError
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 from lllite.toy.shapes import render_sample, write_dataset
 
 TOY_CPU = Environment(in_colab=False, gpu=None, device="cpu", model="toy", quick=True)
@@ -102,7 +103,7 @@ def test_lllite_model_chooses_the_model_where_the_notebook_says_auto():
 
 def test_load_pipeline_loads_the_toy_anima_as_an_anima_pipeline_in_float32(monkeypatch):
     calls = []
-    monkeypatch.setattr("lllite.pipelines.load_pipeline", lambda name, **options: calls.append((name, options)))
+    monkeypatch.setattr("lllite.auto.load_pipeline", lambda name, **options: calls.append((name, options)))
     load_pipeline(Environment(False, None, "cpu", "anima-toy", True))
     load_pipeline(Environment(False, "H100", "cuda", "anima", False, anima="/models/anima"))
     load_pipeline(TOY_CPU)
@@ -306,7 +307,7 @@ def test_the_file_summary_shows_the_v2_architecture_keys_of_an_anima_file(anima_
 
 
 def test_the_settings_table_shows_the_anima_options_for_anima():
-    from lllite.recipes import AnimaToyRecipe
+    from lllite.anima.toy import ToyRecipe as AnimaToyRecipe
     from lllite.train import TrainConfig
 
     recipe = AnimaToyRecipe()

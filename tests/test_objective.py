@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from lllite.objective import (DEBIASED_SNR_CAP, SDXL_SCHEDULE, loss_weights, lr_factor, noise_loss, noise_scheduler,
+from lllite.objective import lr_factor, noise_loss
+from lllite.sdxl.objective import (DEBIASED_SNR_CAP, SDXL_SCHEDULE, loss_weights, noise_scheduler,
                               sample_noise, sample_timesteps, signal_to_noise)
-from lllite.toy.pipeline import make_scheduler
+from lllite.sdxl.toy import make_scheduler
 
 
 def sdxl_alphas_cumprod() -> torch.Tensor:

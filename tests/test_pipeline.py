@@ -6,7 +6,7 @@ from conftest import edges, randomize
 from PIL import Image
 
 import lllite
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 
 SIZE = 64
 

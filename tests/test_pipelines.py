@@ -7,9 +7,10 @@ from diffusers import StableDiffusionXLPipeline
 
 import lllite
 from lllite.errors import LLLiteError
-from lllite.pipelines import PipelineLoadError, load_pipeline
-from lllite.toy import build_pipeline
-from lllite.toy.pipeline import WEIGHTS_DIR
+from lllite.auto import load_pipeline
+from lllite.errors import PipelineLoadError
+from lllite.sdxl.toy import build_pipeline
+from lllite.sdxl.toy import WEIGHTS_DIR
 
 
 @pytest.fixture(scope="module")

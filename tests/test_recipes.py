@@ -5,8 +5,11 @@ import pytest
 from PIL import Image
 
 from lllite.demo import DemoConfig
-from lllite.notebook import Environment
-from lllite.recipes import AnimaToyRecipe, ToyRecipe, anima_colab_settings, shapes_dataset, training_config
+from lllite.anima.toy import ToyRecipe as AnimaToyRecipe
+from lllite.anima.training import colab_settings as anima_colab_settings
+from lllite.environment import Environment
+from lllite.recipes import shapes_dataset, training_config
+from lllite.sdxl.toy import ToyRecipe
 
 TOY_CPU = Environment(in_colab=False, gpu=None, device="cpu", model="toy", quick=True)
 
@@ -26,7 +29,7 @@ def test_training_config_follows_the_environment_and_takes_changes(tmp_path):
     quick = training_config(TOY_CPU, dataset, tmp_path / "run")
     assert (quick.pretrained_model_name_or_path, quick.max_train_steps, quick.mixed_precision) == ("toy", 4, "no")
     full = training_config(Environment(False, None, "cpu", "toy", False), dataset, tmp_path / "run", max_train_seconds=60)
-    demo = DemoConfig()
+    demo = DemoConfig().toy_recipe()
     assert (full.max_train_steps, full.learning_rate, full.timestep_sampling) == (demo.max_train_steps, demo.learning_rate,
                                                                                  demo.timestep_sampling)
     assert (full.max_train_seconds, full.sample_every_n_steps) == (60, 100)

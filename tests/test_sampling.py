@@ -11,7 +11,7 @@ from PIL import Image
 import lllite
 from lllite.conditioning import canny
 from lllite.sampling import generate, image_grid, save_png, side_by_side, step_range_grid, strength_grid
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 from lllite.toy.shapes import render_sample
 
 from conftest import randomize

@@ -5,7 +5,7 @@ from conftest import randomize
 from kohya_reference import KohyaReference
 
 import lllite
-from lllite.sdxl import fill_weights, sdxl_unet
+from lllite.sdxl.pipeline import fill_weights, sdxl_unet
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from lllite.pipelines import load_pipeline
-from lllite.toy import build_pipeline
-from lllite.toy.pipeline import CAPTION_WORDS, WEIGHTS_DIR
+from lllite.auto import load_pipeline
+from lllite.sdxl.toy import build_pipeline
+from lllite.sdxl.toy import WEIGHTS_DIR
+from lllite.toy.tokenizers import CAPTION_WORDS
 
 
 def _generate(pipe, prompt="a red circle", height=64, width=64, seed=0):
@@ -100,7 +101,7 @@ def test_unknown_config_is_rejected_with_the_choices():
 
 
 def test_load_pipeline_names_the_folder_and_command_when_weights_are_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr("lllite.toy.pipeline.WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr("lllite.sdxl.toy.WEIGHTS_DIR", tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match="weights.*python -m lllite.toy.pretrain"):
         load_pipeline("toy")
 

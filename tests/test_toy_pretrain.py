@@ -2,8 +2,9 @@
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from lllite.toy import build_pipeline
-from lllite.toy.pretrain import image_gradients, main, outline_band
+from lllite.sdxl.toy import build_pipeline
+from lllite.sdxl.pretrain import main
+from lllite.toy.pretraining import image_gradients, outline_band
 
 TINY = ["--train-samples", "8", "--image-size", "64", "--vae-steps", "2", "--vae-batch", "2", "--vae-crop", "64",
         "--unet-steps", "3", "--unet-batch", "2", "--warmup-steps", "1", "--gate-seeds", "1", "--gate-steps", "1",
@@ -96,7 +97,7 @@ def test_image_gradients_are_neighbour_differences_and_vanish_on_a_flat_image():
 
 
 def test_timestep_weights_follow_min_snr_and_debiased_definitions():
-    from lllite.toy.pretrain import timestep_weights
+    from lllite.sdxl.pretrain import timestep_weights
 
     # SNR 1/3, 1 and 9: alpha_cumprod / (1 - alpha_cumprod).
     alpha_cumprod = torch.tensor([0.25, 0.5, 0.9])

@@ -13,9 +13,11 @@ import lllite
 from lllite.data import DatasetConfig, DatasetConfigError, SubsetConfig
 from lllite.launch import launch
 from lllite.objective import lr_factor
-from lllite.toy import build_pipeline
+from lllite.sdxl.toy import build_pipeline
 from lllite.toy.shapes import write_dataset
-from lllite.train import TrainConfig, TrainError, check_sdxl, main, step_generator, train
+from lllite.sdxl.training import check_sdxl
+from lllite.train import TrainConfig, TrainError, main, train
+from lllite.train.batches import step_generator
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +237,7 @@ def test_the_learning_rate_schedules_match_diffusers_and_a_time_budget_brings_th
 
 
 def test_a_time_budget_stops_the_run_and_anneals_the_learning_rate_by_its_end(shapes, tmp_path, monkeypatch):
-    import lllite.train as trainer
+    import lllite.train.loop as trainer
 
     factors = []
 

@@ -14,21 +14,20 @@ Each module adapts the input ``x`` (B, S, D) of one Linear, with ``cond = embedd
     x' = x + multiplier * up(silu(m * (1 + gamma) + beta))
 
 ``up``, ``cond_to_film`` and ``depth_embed`` start at zero, so a fresh network changes nothing.
-Compared with SDXL's LLLite (:mod:`lllite.module`): one trunk for all modules instead of one per
+Compared with SDXL's LLLite (:mod:`lllite.sdxl.module`): one trunk for all modules instead of one per
 module, SiLU instead of ReLU, FiLM on ``mid``, and a learned per-module offset of the embedding.
 Parameter names match kohya's files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ASPP_DILATIONS, AnimaLLLiteConfig
+
 #: The trunk's stride: VAE 8 x patch 2, one embedding cell per DiT token.
 STRIDE = 16
-ASPP_DILATIONS = (1, 2, 4, 8)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -74,36 +73,6 @@ class ASPP(nn.Module):
         pooled = self.global_conv(F.adaptive_avg_pool2d(x, 1))
         pooled = F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.proj(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
-
-
-@dataclass(frozen=True)
-class AnimaLLLiteConfig:
-    """The architecture of an Anima LLLite network, as kohya's options and file metadata name it.
-
-    Args:
-        cond_emb_dim: E, channels of the shared embedding (kohya's default 32).
-        network_dim: M, width of each module's down/mid (kohya's ``lllite_mlp_dim``, metadata ``lllite.mlp_dim``; 64).
-        target_layers: a preset (``self_attn_q``, ``self_attn_qkv``, ``self_attn_qkv_cross_q``) or a comma
-            list of ``self_attn_q_pre``, ``self_attn_kv_pre``, ``cross_attn_q_pre``, ``mlp_fc1_pre``.
-        cond_dim: the trunk's width (64).
-        cond_resblocks: ResBlocks in the trunk (1).
-        use_aspp: end the trunk with ASPP (off).
-        aspp_dilations: the ASPP branches' dilations.
-        cond_in_channels: 3 (RGB) or 4 (inpainting: RGB + mask).
-        inpaint_masked_input: the inpainting network was trained with RGB zeroed under the mask.
-        dropout: dropout on each module's mid output while training (None: off).
-    """
-
-    cond_emb_dim: int = 32
-    network_dim: int = 64
-    target_layers: str = "self_attn_q"
-    cond_dim: int = 64
-    cond_resblocks: int = 1
-    use_aspp: bool = False
-    aspp_dilations: tuple[int, ...] = ASPP_DILATIONS
-    cond_in_channels: int = 3
-    inpaint_masked_input: bool = False
-    dropout: float | None = None
 
 
 class ConditioningTrunk(nn.Module):

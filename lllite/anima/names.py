@@ -81,9 +81,9 @@ def is_anima_transformer(model: nn.Module) -> bool:
             and hasattr(model, "patch_embed") and all(hasattr(blocks[0], a) for a in ("attn1", "attn2", "ff")))
 
 
-def is_anima_pipeline(pipe) -> bool:
-    """Whether ``pipe`` is an Anima pipeline: its ``transformer`` is Anima's DiT."""
-    transformer = getattr(pipe, "transformer", None)
+def is_model(model) -> bool:
+    """Whether ``model`` (or a pipeline's ``transformer``) is Anima's DiT."""
+    transformer = getattr(model, "transformer", model)
     return isinstance(transformer, nn.Module) and is_anima_transformer(getattr(transformer, "_orig_mod", transformer))
 
 

@@ -24,6 +24,8 @@ import torch
 
 TIMESTEP_SAMPLINGS = ("sigmoid", "uniform", "shift", "flux_shift", "sigma")
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "cosmap")
+#: The values Anima's training takes for options with fixed choices (kohya's).
+OPTION_CHOICES = {"timestep_sampling": TIMESTEP_SAMPLINGS, "weighting_scheme": WEIGHTING_SCHEMES}
 NUM_TRAIN_TIMESTEPS = 1000
 
 

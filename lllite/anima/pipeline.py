@@ -1,7 +1,7 @@
 """Anima through diffusers' modular pipeline: loading, saving, and the few calls training and sampling make.
 
-    from lllite.anima.pipeline import load_anima_pipeline, generate
-    pipe = load_anima_pipeline("toy")                     # the pretrained toy in lllite/anima/weights
+    from lllite.anima.pipeline import load_pipeline, generate
+    pipe = load_pipeline("toy")                           # the pretrained toy in lllite/anima/weights
     images = generate(pipe, "a red circle", num_inference_steps=20, guidance_scale=4.0, height=64, width=64, seed=0)
 
 The pipeline is diffusers' ``AnimaModularPipeline``; its models are attributes: ``pipe.transformer``
@@ -11,6 +11,9 @@ The pipeline is diffusers' ``AnimaModularPipeline``; its models are attributes: 
 ``pipe.tokenizer`` (Qwen) and ``pipe.t5_tokenizer``. A hook on ``pipe.transformer`` sees every call sampling
 makes: with classifier-free guidance the guider calls it twice per step, first with the prompt, then with the
 negative prompt, each time with batch B (never 2B); see :func:`transformer_inputs` for the arguments.
+
+Anima's DiT itself is also known by its configuration alone (:data:`REAL_ANIMA`, :func:`anima_transformer`):
+no download needed for shapes and counts.
 """
 from __future__ import annotations
 
@@ -22,45 +25,90 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lllite.errors import InputMissingError
+from lllite.errors import PipelineLoadError
 from lllite.files import write_folder_atomic
-from lllite.pipelines import MODULAR_INDEX, TOY, PipelineLoadError
+from lllite.toy import TOY
+
+from .names import is_model
 
 #: What the text encoder step passes as ``max_sequence_length`` unless told otherwise (diffusers' default).
 MAX_SEQUENCE_LENGTH = 512
+#: What diffusers' modular pipelines (Anima's) write as their index; an SDXL folder has ``model_index.json``.
+MODULAR_INDEX = "modular_model_index.json"
+
+#: Generated images' sides are multiples of this, and why.
+PIXEL_MULTIPLE, PIXEL_MULTIPLE_REASON = 16, "Anima's VAE and 2x2 patches"
+#: The side in pixels Anima was trained at.
+IMAGE_SIZE = 1024
+#: Real Anima has no diffusers-format copy on the hub that lllite could name: the user gives a folder.
+REAL_MODEL = None
+#: How to get a diffusers-format Anima.
+HOWTO = ("diffusers' scripts/convert_anima_to_diffusers.py writes one from Anima's checkpoints (the DiT, "
+         "the Qwen3 text encoder, the LLM adapter and the Qwen-Image VAE)")
+#: How the notebooks load it on a GPU: bfloat16, Anima's own type.
+GPU_DTYPE, GPU_VARIANT = torch.bfloat16, None
+
+#: The real Anima's sizes (Cosmos-Predict2-2B DiT, Qwen3-0.6B, the adapter), as diffusers' conversion script
+#: configures them; the toy's are in :mod:`lllite.anima.toy`.
+REAL_ANIMA = {
+    "transformer": {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 128, "adaln_lora_dim": 256,
+                    "text_embed_dim": 1024, "patch_size": (1, 2, 2), "rope_scale": (1.0, 4.0, 4.0),
+                    "concat_padding_mask": True, "extra_pos_embed_type": None},
+    "text_conditioner": {"source_dim": 1024, "target_dim": 1024, "model_dim": 1024, "num_layers": 6,
+                         "num_attention_heads": 16, "target_vocab_size": 32128, "min_sequence_length": 512},
+    "scheduler": {"shift": 3.0},
+}
+
+
+def anima_transformer(**changes):
+    """Anima's DiT (diffusers' ``CosmosTransformer3DModel`` as the conversion script configures Cosmos-Predict2-2B,
+    with :data:`REAL_ANIMA`'s sizes) on the ``meta`` device: shapes without weights or memory.
+
+    Args:
+        changes: configuration fields to change, e.g. ``concat_padding_mask=False`` to call it where torchvision
+            (which resizes the padding mask) is not installed.
+    """
+    from diffusers import CosmosTransformer3DModel
+
+    config = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, max_size=(128, 240, 240), **REAL_ANIMA["transformer"])
+    with torch.device("meta"):
+        return CosmosTransformer3DModel(**{**config, **changes})
+
+
+def claims_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder saved by diffusers' modular pipeline (``modular_model_index.json``)."""
+    return (path / MODULAR_INDEX).is_file()
+
+
+def is_pipeline(pipe) -> bool:
+    """Whether ``pipe`` is an Anima pipeline: its ``transformer`` is Anima's DiT."""
+    return getattr(pipe, "transformer", None) is not None and is_model(pipe)
 
 
 def _components_to_load(pipe) -> list[str]:
     return [name for name, spec in pipe._component_specs.items() if spec.default_creation_method == "from_pretrained"]
 
 
-def load_anima_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", what: str = "name_or_path"):
+def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu", variant: str | None = None, what: str = "name_or_path"):
     """A diffusers ``AnimaModularPipeline`` with every model loaded, on ``device``, its progress bars off.
 
     Args:
         name_or_path: a hub id of a diffusers-format Anima (with ``modular_model_index.json``), a local folder
-            written by :func:`save_anima_pipeline` or ``save_pretrained``, or ``"toy"`` for the pretrained toy
-            Anima (a folder of that name is loaded as such). A local folder's components are read from the
+            written by :func:`save_pipeline` or ``save_pretrained`` (the pretrained toy Anima is
+            :func:`lllite.anima.toy.load_pretrained`). A local folder's components are read from the
             folder itself, wherever the index says they were saved.
         dtype: the parameters' dtype (bfloat16 is Anima's own; the toy is stored in float16 and trained in float32).
         device: where the pipeline's modules are placed.
+        variant: the hub's weight variant (Anima's repositories have none; ignored).
         what: how error messages name the argument, e.g. ``"pretrained_model_name_or_path"`` or ``"--model"``.
 
     Raises:
-        InputMissingError: ``"toy"`` and the toy's weights are missing (the message says how to make them).
-        PipelineLoadError: anything else that does not load as an Anima pipeline; the message says what.
+        PipelineLoadError: anything that does not load as an Anima pipeline; the message says what.
     """
     from diffusers import AnimaModularPipeline, ModularPipeline
 
     path = Path(name_or_path).expanduser()
-    if str(name_or_path) == TOY and not path.exists():
-        from lllite.anima import toy
-
-        if not (toy.WEIGHTS_DIR / MODULAR_INDEX).is_file():
-            raise InputMissingError(f"{what} {TOY!r}: the toy Anima weights are missing from {toy.WEIGHTS_DIR}; "
-                                    f"create them with `{toy.PRETRAIN_COMMAND}`")
-        path = toy.WEIGHTS_DIR
     local = path.is_dir()
     if path.exists() and not (local and (path / MODULAR_INDEX).is_file()):
         raise PipelineLoadError(f"{what} {str(name_or_path)!r} is not a diffusers Anima folder (no {MODULAR_INDEX} in "
@@ -89,12 +137,12 @@ def load_anima_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.d
     return pipe.to(device)
 
 
-def save_anima_pipeline(pipe, out_dir: str | os.PathLike) -> Path:
+def save_pipeline(pipe, out_dir: str | os.PathLike) -> Path:
     """``pipe.save_pretrained`` into ``out_dir`` (atomically: the folder appears whole or not at all).
 
     diffusers records in ``modular_model_index.json`` the folder each component was written to; here that is
     ``out_dir`` as given, so a relative ``out_dir`` keeps the index free of one machine's paths.
-    :func:`load_anima_pipeline` reads a local folder's components from the folder itself in any case.
+    :func:`load_pipeline` reads a local folder's components from the folder itself in any case.
     An existing ``out_dir`` is replaced: ask before calling.
     """
     def write(folder: Path) -> None:
@@ -220,7 +268,7 @@ def transformer_inputs(latents: torch.Tensor, sigmas: torch.Tensor, encoder_hidd
     }
 
 
-def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] = "", num_inference_steps: int = 20,
+def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] | None = "", num_inference_steps: int = 20,
              guidance_scale: float = 4.0, height: int | None = None, width: int | None = None,
              seed: int | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
              latents: torch.Tensor | None = None) -> list[Image.Image]:
@@ -228,7 +276,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
 
     Args:
         prompt: one prompt or B prompts.
-        negative_prompt: the unconditional branch's prompt(s) (used only when guidance is on).
+        negative_prompt: the unconditional branch's prompt(s) (used only when guidance is on); None is the empty
+            prompt for every image.
         num_inference_steps: Euler steps, sigmas evenly spaced from 1 to 1/steps before the scheduler's shift.
         guidance_scale: classifier-free guidance; exactly 1.0 turns it off (one transformer call per step, not two).
         height, width: pixels, multiples of 16; None takes the pipeline's default (1024; the toy was trained at 64).
@@ -241,6 +290,8 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
+    if negative_prompt is None:
+        negative_prompt = [""] * len(prompt) if isinstance(prompt, list) else ""
     guider = pipe.guider
     configured_scale = guider.guidance_scale
     guider.guidance_scale = guidance_scale

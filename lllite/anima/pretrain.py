@@ -18,11 +18,10 @@ colours worse (worst caption 31%) and shapes no better.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from lllite.anima.objective import noisy_latents, sample_sigmas, velocity
-from lllite.anima.pipeline import (decode_latents, encode_images, encode_prompts, generate,
-                                   save_anima_pipeline, to_uint8_images, transformer_inputs)
+from lllite.anima.pipeline import (MODULAR_INDEX, decode_latents, encode_images, encode_prompts, generate,
+                                   save_pipeline, to_uint8_images, transformer_inputs)
 from lllite.anima.toy import WEIGHTS_DIR, build_pipeline
-from lllite.errors import LLLiteError, OutputExistsError
 from lllite.metrics import has_colour_blob
 from lllite.objective import lr_factor, noise_loss
-from lllite.pipelines import MODULAR_INDEX
-from lllite.toy.pretrain import MIN_LR_RATE, reconstruction_losses, render_training_set, round_trip_iou
+from lllite.toy import pretraining
+from lllite.toy.pretraining import (GATE, MIN_LR_RATE, PretrainError, reconstruction_losses, render_training_set,
+                                    round_trip_iou)
 from lllite.toy.shapes import COLOURS, SHAPES, caption_for
 
 
@@ -56,7 +55,7 @@ class PretrainConfig:
     vae_batch: int = 8
     vae_lr: float = 2e-3
     kl_weight: float = 1e-7
-    # As in the toy SDXL (lllite.toy.pretrain): the shape's pixels and its outline weigh more, and an L1 term
+    # As in the toy SDXL (lllite.toy.pretraining): the shape's pixels and its outline weigh more, and an L1 term
     # on image gradients keeps edges sharp.
     shape_weight: float = 8.0
     edge_weight: float = 20.0
@@ -81,10 +80,6 @@ class PretrainConfig:
     # two OpenMP threads wait on each other (the VAE ran 5.3 steps/s with two threads on an idle 2-core
     # machine, 3.4 with one, and 1.5 with two while another process kept one core busy).
     threads: int = 1
-
-
-class PretrainError(LLLiteError):
-    """A pretraining setting that cannot work; the message names it and what would."""
 
 
 def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
@@ -197,7 +192,7 @@ def train_dit(pipe, latents: torch.Tensor, captions: list[str], cfg: PretrainCon
 
 @torch.no_grad()
 def vae_round_trip_iou(pipe, size: int, count: int = 48) -> dict[str, float]:
-    """:func:`lllite.toy.pretrain.round_trip_iou` of the toy Anima's VAE, as the pipeline encodes and decodes."""
+    """:func:`lllite.toy.pretraining.round_trip_iou` of the toy Anima's VAE, as the pipeline encodes and decodes."""
     return round_trip_iou(lambda pixels: decode_latents(pipe, encode_images(pipe, pixels)), size, count)
 
 
@@ -238,7 +233,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     print(f"training took {(time.monotonic() - started) / 60:.1f} min")
 
     # The shipped copy is float16 (half the size); the gate below samples the float32 weights just trained.
-    save_anima_pipeline(pipe.to(torch.float16), cfg.out_dir)
+    save_pipeline(pipe.to(torch.float16), cfg.out_dir)
     pipe.to(torch.float32)
     size_mb = sum(path.stat().st_size for path in Path(cfg.out_dir).rglob("*") if path.is_file()) / 2**20
     print(f"saved the toy Anima to {cfg.out_dir} ({size_mb:.1f} MB)")
@@ -247,29 +242,17 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     for caption, rate in rates.items():
         print(f"  {caption:<18} {rate:6.1%}")
     worst = min(rates.values())
-    print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= 0.8 else 'FAIL'}")
+    print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= GATE else 'FAIL'}")
     print(f"pretraining and gate took {(time.monotonic() - started) / 60:.1f} min in all")
     return rates
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = PretrainConfig()
-    for field in fields(PretrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --out-dir")
-    args = parser.parse_args(argv)
-    overwrite = args.__dict__.pop("overwrite")
-    cfg = PretrainConfig(**vars(args))
-    try:
-        if (Path(cfg.out_dir) / MODULAR_INDEX).exists() and not overwrite:
-            raise OutputExistsError(f"{cfg.out_dir} already holds a pipeline; pass --overwrite to replace it")
-        rates = pretrain(cfg)
-    except LLLiteError as error:  # exit status 1: 2 says that the pipeline was written but failed its gate
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0 if min(rates.values()) >= 0.8 else 2
+    """``python -m lllite.anima.pretrain`` (also ``python -m lllite.toy.pretrain --model anima``): exit status 0
+    when the gate passed, 2 when the pipeline was written but failed its gate, 1 for a setting or an existing
+    pipeline."""
+    return pretraining.main(argv, PretrainConfig, pretrain, MODULAR_INDEX, __doc__.split("\n\n")[0],
+                           "python -m lllite.anima.pretrain")
 
 
 if __name__ == "__main__":

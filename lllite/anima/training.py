@@ -1,31 +1,40 @@
 """What the training loop (:mod:`lllite.train`) needs of Anima: its parts, the data's encoding, the network
 and the objective, as kohya's ``anima_train_control_net_lllite.py`` trains them.
 
-The loop itself, its checkpoints, resume, validation grids and progress are the trainer's, shared with
-SDXL. Here: the DiT, the Qwen-Image VAE, the Qwen3 text encoder and the LLM adapter are frozen; a step
+The loop itself, its checkpoints, resume, validation grids and progress are the trainer's, shared by every
+family (:class:`lllite.sdxl.training.Training` describes what a family's ``Training`` provides). Here: the DiT, the Qwen-Image VAE, the Qwen3 text encoder and the LLM adapter are frozen; a step
 noises the latents by rectified flow (:mod:`lllite.anima.objective`) and the DiT, with the network
 inside, predicts the velocity at the noise level it is given as its timestep.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
+from ..errors import TrainError
 from ..images import random_region_masks, region_mask, to_mask_tensor
-from .module import AnimaLLLiteConfig, inpaint_condition
-from .names import is_anima_pipeline
+from ..objective import Draw
+from .config import AnimaLLLiteConfig
+from .module import inpaint_condition
 from .network import AnimaLLLiteNetwork, create_network
-from .objective import TIMESTEP_SAMPLINGS, loss_weights, noisy_latents, sample_sigmas, velocity
-from .pipeline import encode_images, encode_prompts, transformer_inputs
+from .objective import loss_weights, noisy_latents, sample_sigmas, velocity
+from .pipeline import encode_images, encode_prompts, is_pipeline, transformer_inputs
 
+#: The ``TrainConfig`` options only Anima's training reads (kohya's Anima options); another family refuses them
+#: when they are not at their defaults.
+OPTIONS = ("lllite_target_layers", "lllite_cond_dim", "lllite_cond_resblocks", "lllite_use_aspp", "lllite_dropout",
+           "lllite_cond_in_channels", "lllite_inpaint_masked_input", "discrete_flow_shift", "sigmoid_scale",
+           "weighting_scheme")
+#: What notebook 03 shows of a run's settings.
+SHOWN_SETTINGS = ("pretrained_model_name_or_path", "model_family", "cond_emb_dim", "network_dim", "lllite_target_layers",
+                  "lllite_cond_dim", "lllite_cond_resblocks", "learning_rate", "train_batch_size", "max_train_steps",
+                  "max_train_seconds", "timestep_sampling", "mixed_precision", "optimizer_type", "sample_every_n_steps")
 #: The VAE's 8 pixels per latent cell times the DiT's 2x2 patches.
 PIXEL_MULTIPLE = 16
 
 
-class AnimaTraining:
-    """Anima's side of :func:`lllite.train.train` (see :class:`lllite.train.SDXLTraining` for the contract).
+class Training:
+    """Anima's side of :func:`lllite.train.train` (:class:`lllite.sdxl.training.Training` describes the contract).
 
     Args:
         pipe: an Anima pipeline (``AnimaModularPipeline``).
@@ -34,9 +43,7 @@ class AnimaTraining:
 
     name = "Anima"
     defaults = {"learning_rate": 1e-4, "timestep_sampling": "sigmoid", "save_precision": "bf16"}
-    timestep_samplings = TIMESTEP_SAMPLINGS
-    #: SDXL's options, which Anima refuses when they are not at their defaults.
-    foreign = ("up_path", "noise_offset", "min_snr_gamma", "debiased_estimation_loss")
+    pixel_multiple = PIXEL_MULTIPLE
 
     def __init__(self, pipe, config):
         self.pipe, self.config = pipe, config
@@ -45,6 +52,24 @@ class AnimaTraining:
     @property
     def denoiser(self) -> nn.Module:
         return self.pipe.transformer
+
+    @property
+    def vae(self) -> nn.Module:
+        return self.pipe.vae
+
+    @property
+    def text_models(self) -> tuple[list, list[nn.Module]]:
+        """The tokenizers and text models whose outputs the text cache keeps: Qwen3 and the LLM adapter."""
+        pipe = self.pipe
+        return [pipe.tokenizer, pipe.t5_tokenizer], [pipe.text_encoder, pipe.text_conditioner]
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised latents of images in [-1, 1] (:func:`lllite.anima.pipeline.encode_images`)."""
+        return encode_images(self.pipe, pixels)
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """The DiT's ``encoder_hidden_states`` for captions (:func:`lllite.anima.pipeline.encode_prompts`)."""
+        return encode_prompts(self.pipe, captions)
 
     def control(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The control the network reads in this step: the conditioning image, or for an inpainting network
@@ -63,39 +88,21 @@ class AnimaTraining:
         box = region_mask(image.shape[-1], image.shape[-2], "rectangle", (0.25, 0.25, 0.75, 0.75))
         return inpaint_condition(image, to_mask_tensor(box), self.config.lllite_inpaint_masked_input)
 
-    @property
-    def encoders(self) -> tuple[nn.Module, ...]:
-        return self.pipe.vae, self.pipe.text_encoder, self.pipe.text_conditioner
-
     def check(self, name: str) -> None:
-        from ..train import TrainError
-
         missing = [part for part in ("transformer", "vae", "text_encoder", "text_conditioner", "tokenizer", "t5_tokenizer")
                    if getattr(self.pipe, part, None) is None]
         if missing:
             raise TrainError(f"{name} is not an Anima pipeline: it has no {', '.join(missing)}")
-        if not is_anima_pipeline(self.pipe):
+        if not is_pipeline(self.pipe):
             raise TrainError(f"{name} is not an Anima pipeline: its transformer is a {type(self.pipe.transformer).__name__}")
 
     def freeze(self, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.weight_dtype = weight_dtype
-        for model in (self.denoiser, *self.encoders):
+        for model in (self.denoiser, self.vae, *self.text_models[1]):
             model.requires_grad_(False).eval()
             nn.Module.to(model, device, weight_dtype)  # diffusers' own .to() warns about dtype casts
         if self.config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-
-    pixel_multiple = PIXEL_MULTIPLE
-
-    def cache(self, dataset, accelerator, progress: bool) -> None:
-        config, pipe = self.config, self.pipe
-        if config.cache_latents:
-            cache = Path(config.output_dir) / "cache" / "latents" if config.cache_latents_to_disk else None
-            with accelerator.main_process_first():
-                dataset.cache_latents(pipe.vae, cache, progress=progress, encode=lambda pixels: encode_images(pipe, pixels))
-        if config.cache_text_encoder_outputs:
-            dataset.cache_text_encoder_outputs([pipe.tokenizer, pipe.t5_tokenizer], [pipe.text_encoder, pipe.text_conditioner],
-                                               progress=progress, encode=lambda captions: encode_prompts(pipe, captions))
 
     def create_network(self) -> AnimaLLLiteNetwork:
         c = self.config
@@ -108,9 +115,7 @@ class AnimaTraining:
     def prepare(self, device: torch.device) -> None:
         pass
 
-    def draw(self, batch: dict, generator: torch.Generator, device: torch.device):
-        from ..train import Draw
-
+    def draw(self, batch: dict, generator: torch.Generator, device: torch.device) -> Draw:
         c, dtype = self.config, self.weight_dtype
         if "latents" in batch:
             latents = batch["latents"].to(device, torch.float32)
@@ -136,3 +141,21 @@ class AnimaTraining:
         c = self.config
         return {"ss_discrete_flow_shift": str(c.discrete_flow_shift), "ss_sigmoid_scale": str(c.sigmoid_scale),
                 "ss_weighting_scheme": c.weighting_scheme}
+
+
+def colab_settings(pretrained_model_name_or_path: str) -> dict:
+    """kohya's recommended start for an Anima LLLite (docs/anima_train_control_net_lllite.md, 3.2: E 32,
+    ``lllite_cond_dim`` 64, one ResBlock, M 64, ``self_attn_q``, lr 1e-4, AdamW 8-bit, bf16, gradient
+    checkpointing, cached latents and text outputs) with a batch that fits one Colab GPU and a 45-minute
+    budget, as :class:`lllite.train.TrainConfig` settings.
+
+    Anima's DiT is trained in bf16, native from Ampere on (L4, A100); a T4 emulates it, slowly.
+
+    Args:
+        pretrained_model_name_or_path: real Anima in diffusers' format (a local folder or a hub id).
+    """
+    return dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), model_family="anima",
+                output_name="lllite_anima_canny", cond_emb_dim=32, network_dim=64, lllite_target_layers="self_attn_q",
+                lllite_cond_dim=64, lllite_cond_resblocks=1, lllite_use_aspp=False, learning_rate=1e-4,
+                train_batch_size=2, mixed_precision="bf16", gradient_checkpointing=True, optimizer_type="adamw8bit",
+                max_train_steps=3000, max_train_seconds=45 * 60, cache_latents=True, cache_text_encoder_outputs=True)

@@ -107,6 +107,17 @@ def unet_layout(unet: nn.Module) -> tuple[int, int]:
     return len(down), layers
 
 
+def is_model(model) -> bool:
+    """Whether ``model`` (or a pipeline's ``unet``) is a diffusers UNet with SDXL's block layout."""
+    unet = getattr(model, "unet", model)
+    unet = getattr(unet, "_orig_mod", unet)
+    try:
+        unet_layout(unet)
+    except ValueError:
+        return False
+    return True
+
+
 def find_targets(unet: nn.Module, up_path: bool = True) -> dict[str, Target]:
     """All LLLite targets of an SDXL-layout UNet, keyed by kohya module name, in kohya's order.
 

@@ -20,7 +20,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .module import LLLiteModule, token_grid
+from ..controls import token_grid
+from .module import LLLiteModule
 from .names import TARGET_LINEARS
 
 

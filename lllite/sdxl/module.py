@@ -11,21 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..controls import token_grid
+
+__all__ = ["LLLiteModule", "conditioning_stride", "token_grid"]
+
 
 def conditioning_stride(depth: int) -> int:
     """Pixels of control image per embedding cell: 8 (the latent grid), 16 or 32."""
     return 8 * 2 ** (depth - 1)
-
-
-def token_grid(latent_size: tuple[int, int], depth: int) -> tuple[int, int]:
-    """The token grid (rows, cols) of a UNet block at this depth for a latent of ``latent_size``.
-
-    Each diffusers downsampler is a stride-2 conv with padding 1, so odd sizes round up.
-    """
-    h, w = latent_size
-    for _ in range(depth - 1):
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return h, w
 
 
 class LLLiteModule(nn.Module):
