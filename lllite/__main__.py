@@ -11,7 +11,7 @@ from .errors import LLLiteError
 def _inspect(args: argparse.Namespace) -> int:
     from .auto import load
 
-    network = load(args.file)
+    network = load(args.file, allow_nonfinite=True)  # described all the same, with the warning on stderr
     print(f"{args.file}  ({network.kind})" if network.kind else f"{args.file}")
     for label, value in [*network.summary(), *sorted(network.metadata.items())]:
         print(f"  {label:<14} {value if len(value) < 80 else value[:77] + '...'}")

@@ -14,13 +14,14 @@ The trainer (``pretrained_model_name_or_path``), the notebooks and ``python -m d
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import families
 from .errors import LLLiteError
-from .fileformat import read_state_dict
+from .fileformat import LLLiteFileError, read_state_dict
 
 #: What ``model_family`` takes: ``"auto"`` or a family's name.
 MODEL_FAMILIES = (families.AUTO, *families.names())
@@ -56,26 +57,46 @@ def load_pipeline(name_or_path: str | os.PathLike = families.TOY, *, dtype: torc
     return family.role("pipeline").load_pipeline(name_or_path, dtype=dtype, device=device, variant=variant, what=what)
 
 
-def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *, allow_nonfinite: bool = False):
     """Read a kohya-format LLLite file of any family (fp16, bf16 or fp32; safetensors, or a tensors-only pickle).
 
     Args:
         path: the ``.safetensors`` file (``.pt``/``.ckpt`` are read with ``weights_only=True``).
         dtype: dtype of the returned network's parameters.
         device: where to put them.
+        allow_nonfinite: load a file whose tensors hold NaN or infinity anyway, with a warning (such a network
+            draws black or noisy images); by default it is refused.
 
     Returns the family's network (:class:`lllite.LLLiteNetwork` for SDXL, :class:`lllite.anima.AnimaLLLiteNetwork`
     for Anima, its architecture read from the file's ``lllite.*`` metadata), in eval mode, ready for
     inference; call ``.train()`` to fine-tune it.
 
     Raises:
-        lllite.fileformat.LLLiteFileError: not a usable LLLite file (the message says why).
+        lllite.fileformat.LLLiteFileError: not a usable LLLite file (the message says why), or a tensor that
+            holds NaN or infinity (the message names the first).
         lllite.errors.InputMissingError: no file at ``path``.
     """
     tensors, metadata = read_state_dict(path)
+    _check_finite(tensors, path, allow_nonfinite)
     family = families.of_file(tensors, metadata)
     network = family.role("network").from_state_dict(tensors, metadata, source=str(path))
     return network.to(device=device, dtype=dtype).eval()
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path, allow: bool) -> None:
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if not bad:
+            continue
+        found = f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}"
+        if not allow:
+            raise LLLiteFileError(f"{found}; the file is damaged or was saved from a run that diverged. "
+                                  "lllite.load(path, allow_nonfinite=True) loads it anyway")
+        warnings.warn(f"{found}; loaded anyway (allow_nonfinite=True): images made with it will be black or noise",
+                      stacklevel=3)
+        return
 
 
 def create_network(model, *args, **options):

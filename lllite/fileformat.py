@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -33,7 +34,9 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise InputMissingError(f"no LLLite file at {path}")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch notes an older pickle protocol; the unpickler reads it safely
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise LLLiteFileError(
                 f"{path}: this pickle holds more than tensors, and lllite does not run code from files "
@@ -46,6 +49,7 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise LLLiteFileError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
         return dict(obj), {}
+    _check_header_length(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -56,6 +60,19 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             "a download that stopped early leaves such a file - fetch it again"
         ) from None
     return tensors, metadata
+
+
+def _check_header_length(path: Path) -> None:
+    """Refuse a file whose first 8 bytes (a safetensors header's length) claim more than the file holds, before
+    anything is read or allocated on their word."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(8)
+    claimed = int.from_bytes(head, "little") if len(head) == 8 else None
+    if claimed is None or not 2 <= claimed <= size - 8:
+        what = f"is {size} bytes long" if claimed is None else f"claims a header of {claimed:,} bytes in {size:,}"
+        raise LLLiteFileError(f"{path}: not a readable safetensors file (it {what}); a download that stopped early "
+                              "leaves such a file - fetch it again")
 
 
 def describe_foreign(keys: list[str]) -> str:

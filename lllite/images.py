@@ -118,7 +118,8 @@ def to_mask_tensor(mask, what: str = "mask") -> torch.Tensor:
             mask = mask.astype(np.float32)
         elif not np.issubdtype(mask.dtype, np.floating):
             raise LLLiteError(f"{what}: numpy masks must be uint8 (0..255) or float (0..1), got dtype {mask.dtype}")
-        mask = torch.from_numpy(np.array(mask, dtype=np.float32))
+        with np.errstate(over="ignore"):  # values past float32's range become inf, refused below by value
+            mask = torch.from_numpy(np.array(mask, dtype=np.float32))
     if not isinstance(mask, torch.Tensor):
         raise LLLiteError(f"{what}: expected a PIL image, a numpy array (H, W) or a tensor (H, W) or (B, 1, H, W), "
                           f"got {type(mask).__name__}")

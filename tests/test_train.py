@@ -18,6 +18,7 @@ from lllite.toy.shapes import write_dataset
 from lllite.sdxl.training import check_sdxl
 from lllite.train import TrainConfig, TrainError, main, train
 from lllite.train.batches import step_generator
+from lllite.train.checkpoints import read_training_state, write_training_state
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +124,15 @@ def test_a_resumed_run_follows_the_learning_rate_schedule_of_an_uninterrupted_on
 
 def test_a_checkpoint_holds_the_training_time_used_and_a_resumed_run_counts_it_against_its_budget(shapes, tmp_path):
     train(config(shapes, tmp_path, max_train_steps=3, save_every_n_steps=2), build_pipeline("test"))
-    state_file = tmp_path / "checkpoints" / "step-00000002" / "training_state.pt"
-    state = torch.load(state_file, weights_only=False)
+    folder = tmp_path / "checkpoints" / "step-00000002"
+    state = read_training_state(folder)
     assert state["step"] == 2 and 0 < state["train_seconds"] < 120 and "lr_scheduler" not in state
-    torch.save({**state, "train_seconds": 100.0}, state_file)
+    write_training_state(folder, {**state, "train_seconds": 100.0})
     resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
                     build_pipeline("test"))
     assert resumed.stopped_by == "max_train_seconds" and resumed.steps == 2
     # A checkpoint without the time used (as earlier versions wrote them) resumes with none used.
-    torch.save({key: value for key, value in state.items() if key != "train_seconds"}, state_file)
+    write_training_state(folder, {key: value for key, value in state.items() if key != "train_seconds"})
     resumed = train(config(shapes, tmp_path, max_train_steps=3, resume="latest", max_train_seconds=50.0),
                     build_pipeline("test"))
     assert resumed.stopped_by == "max_train_steps" and resumed.steps == 3
@@ -141,7 +142,7 @@ def test_checkpoints_keep_only_the_newest_and_hold_optimizer_state(shapes, tmp_p
     train(config(shapes, tmp_path, max_train_steps=4, save_every_n_steps=1, checkpoints_total_limit=2), build_pipeline("test"))
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step-00000002", "step-00000003"]
-    state = torch.load(tmp_path / "checkpoints" / "step-00000003" / "training_state.pt", weights_only=False)
+    state = read_training_state(tmp_path / "checkpoints" / "step-00000003")
     assert state["step"] == 3 and state["optimizer"]["state"]
     assert (tmp_path / "lllite-step00000003.safetensors").is_file()
 

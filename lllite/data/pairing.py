@@ -8,6 +8,8 @@ training sees it, and says what it had to change.
 """
 from __future__ import annotations
 
+import codecs
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,10 @@ ERROR = "error"  # the subset cannot be read at all
 # conditioning image "nothing here" is black (canny, soft edges), so each gets its own background.
 IMAGE_BACKGROUND = (255, 255, 255)
 CONDITIONING_BACKGROUND = (0, 0, 0)
+
+# The most pixels an image may have (Pillow's own bomb limit, 89 million: more than 9000x9000), checked from
+# the file's header before it is decoded.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 # Relative difference of width/height ratios up to which a conditioning image of another size is
 # taken as a rescaled copy of its image (rounding when it was made) rather than a different framing.
@@ -55,22 +61,36 @@ def load_rgb(path: str | Path, background: tuple[int, int, int] = IMAGE_BACKGROU
         ImageReadError: the file is not an image, or is truncated or corrupt.
     """
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            orientation = opened.getexif().get(0x0112, 1)
-            image = ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata: the pixels still read
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size  # from the header: checked before any pixel is decoded
+                if not 0 < width * height <= MAX_PIXELS:
+                    raise ImageReadError(f"its header claims {width}x{height} pixels; lllite reads images of 1 to "
+                                         f"{MAX_PIXELS:,} pixels")
+                opened.load()
+                orientation = opened.getexif().get(0x0112, 1)
+                image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise ImageReadError("not an image format Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except ImageReadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file fails inside Pillow's decoders in many ways
         raise ImageReadError(str(error) or type(error).__name__) from None
-    notes = []
-    if orientation not in (1, None):
-        notes.append(f"rotated upright by its EXIF orientation {orientation}")
+    notes = [f"rotated upright by its EXIF orientation {orientation}"] if orientation not in (1, None) else []
+    try:
+        return _as_rgb(image, background, notes), notes
+    except Exception as error:  # noqa: BLE001 - an unusual mode Pillow cannot convert
+        raise ImageReadError(f"its {image.mode} pixels cannot be converted to RGB ({error})") from None
+
+
+def _as_rgb(image: Image.Image, background: tuple[int, int, int], notes: list[str]) -> Image.Image:
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
-        return image, notes
+        return image
     if mode.startswith("I") or mode == "F":
-        wide = np.asarray(image).astype(np.float64)
+        wide = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
         if mode.startswith("I;16") or wide.max(initial=0) > 255:
             wide = wide / 257.0
             notes.append("16-bit samples scaled to 8 bits")
@@ -82,10 +102,10 @@ def load_rgb(path: str | Path, background: tuple[int, int, int] = IMAGE_BACKGROU
         flat.alpha_composite(rgba)
         colour = {IMAGE_BACKGROUND: "white", CONDITIONING_BACKGROUND: "black"}.get(background, f"RGB {background}")
         notes.append(f"{image.mode} transparency flattened onto {colour}")
-        return flat.convert("RGB"), notes
+        return flat.convert("RGB")
     names = {"P": "palette", "L": "greyscale", "1": "black-and-white", "CMYK": "CMYK"}
     notes.append(f"{names.get(mode, mode)} converted to RGB")
-    return image.convert("RGB"), notes
+    return image.convert("RGB")
 
 
 @dataclass
@@ -132,13 +152,18 @@ def read_caption(path: Path) -> tuple[str | None, Problem | None]:
         return "", Problem(path, "no caption file; trained with an empty caption", CONVERTED)
     except OSError as error:
         return None, Problem(path, f"caption cannot be read ({error.strerror})", SKIPPED)
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # what Windows' editors call "Unicode"
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError:
         return None, Problem(path, "caption is not UTF-8 text; re-save it as UTF-8", SKIPPED)
+    if "\x00" in text:
+        return None, Problem(path, "caption holds NUL characters, so it is not text; re-save it as UTF-8", SKIPPED)
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     if not text:
         return "", Problem(path, "caption is empty; trained with an empty caption", CONVERTED)
+    if utf16:
+        return text, Problem(path, "caption read as UTF-16 (it starts with a UTF-16 byte order mark)", CONVERTED)
     return text, None
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..controls import ControlledNetwork
 from ..data import PairedDataset
@@ -21,25 +25,37 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"step-{step:08d}"
 
 
+#: A checkpoint's files: the network (float32), the optimizer's tensors, and everything else as JSON. Nothing in
+#: a checkpoint is a pickle, so a checkpoint folder someone shares cannot run code on the machine that resumes it.
+NETWORK_FILE, OPTIMIZER_FILE, STATE_FILE = "network.safetensors", "optimizer.safetensors", "training_state.json"
+#: What earlier versions wrote instead of the last two: one pickle, read only with torch's weights_only unpickler.
+PICKLED_STATE_FILE = "training_state.pt"
+
+
 def find_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``output_dir``, oldest first."""
+    """Complete checkpoints in ``output_dir``, oldest first (also those earlier versions wrote)."""
     folder = output_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob("step-*") if (p / "network.safetensors").is_file() and (p / "training_state.pt").is_file()]
+    found = [p for p in folder.glob("step-*") if (p / NETWORK_FILE).is_file()
+             and ((p / STATE_FILE).is_file() or (p / PICKLED_STATE_FILE).is_file())]
     return sorted(found, key=lambda p: p.name)
 
 
 def save_checkpoint(folder: Path, network: ControlledNetwork, state: dict) -> None:
-    """Network (float32) and training state, written to a temporary folder and then renamed into place."""
-    from safetensors.torch import save_file
+    """Network (float32) and training state, written to a temporary folder and then renamed into place, so that
+    a run killed while it writes leaves the earlier checkpoints as they were.
 
+    Args:
+        state: ``step``, ``losses``, ``train_seconds``, ``config`` (plain values), ``optimizer`` (its
+            ``state_dict()``) and ``scaler`` (the gradient scaler's ``state_dict()`` or None).
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()},
-                  str(staging / "network.safetensors"))
-        torch.save(state, staging / "training_state.pt")
+                  str(staging / NETWORK_FILE))
+        write_training_state(staging, state)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -48,19 +64,79 @@ def save_checkpoint(folder: Path, network: ControlledNetwork, state: dict) -> No
             shutil.rmtree(staging)
 
 
-def load_checkpoint(folder: Path, network: ControlledNetwork) -> dict:
-    from safetensors.torch import load_file
+def write_training_state(folder: Path, state: dict) -> None:
+    """``state`` as :data:`OPTIMIZER_FILE` (the optimizer's tensors) and :data:`STATE_FILE` (everything else)."""
+    optimizer = state["optimizer"]
+    tensors, values = {}, {}
+    for index, entries in optimizer["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                values.setdefault(str(index), {})[name] = value
+    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    plain = {**{k: v for k, v in state.items() if k != "optimizer"},
+             "optimizer": {"param_groups": optimizer["param_groups"], "values": values}}
+    (folder / STATE_FILE).write_text(json.dumps(plain, indent=1) + "\n", encoding="utf-8")
 
-    weights = folder / "network.safetensors"
-    state_path = folder / "training_state.pt"
-    if not weights.is_file() or not state_path.is_file():
-        raise TrainError(f"resume: {folder} is not a checkpoint (it needs network.safetensors and training_state.pt)")
+
+def read_training_state(folder: Path) -> dict:
+    """What :func:`write_training_state` wrote, or the pickle of an earlier version read with torch's
+    ``weights_only`` unpickler (tensors and plain containers only; it runs no code).
+
+    Raises:
+        TrainError: files that are missing, damaged or hold more than data; the message names the file.
+    """
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return _read_pickled_state(folder / PICKLED_STATE_FILE)
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step or optimizer")
+        optimizer: dict = {"state": {}, "param_groups": list(state["optimizer"]["param_groups"])}
+        for key, tensor in load_file(str(folder / OPTIMIZER_FILE)).items():
+            index, _, name = key.partition(".")
+            optimizer["state"].setdefault(int(index), {})[name] = tensor
+        for index, entries in state["optimizer"].get("values", {}).items():
+            optimizer["state"].setdefault(int(index), {}).update(entries)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as error:
+        raise TrainError(f"resume: {folder} holds a damaged training state ({type(error).__name__}: {error}); "
+                         "resume from another checkpoint, or start over with --overwrite") from None
+    return {**state, "optimizer": optimizer}
+
+
+def _read_pickled_state(path: Path) -> dict:
+    if not path.is_file():
+        raise TrainError(f"resume: {path.parent} is not a checkpoint (it needs {NETWORK_FILE} and {STATE_FILE})")
+    try:
+        with warnings.catch_warnings():  # torch notes an older pickle protocol; the unpickler reads it safely
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise TrainError(f"resume: {path} (a checkpoint of an earlier version) holds more than a training state's "
+                         "data, and lllite does not run code from files, so it was not read "
+                         f"({str(error).splitlines()[0]}). Resume from a checkpoint you wrote, or start over with --overwrite"
+                         ) from None
+    except Exception as error:  # noqa: BLE001 - a damaged pickle can fail in many ways
+        raise TrainError(f"resume: {path} is not a readable training state ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict) or "step" not in state:
+        raise TrainError(f"resume: {path} is not a training state lllite wrote (no step or optimizer)")
+    return state
+
+
+def load_checkpoint(folder: Path, network: ControlledNetwork) -> dict:
+    """Load the network's weights from the checkpoint in ``folder``; returns the rest of its training state."""
+    weights = folder / NETWORK_FILE
+    if not weights.is_file():
+        raise TrainError(f"resume: {folder} is not a checkpoint (it needs {NETWORK_FILE} and {STATE_FILE})")
+    state = read_training_state(folder)
     try:
         network.load_state_dict(load_file(str(weights)))
-    except RuntimeError as error:
+    except (RuntimeError, SafetensorError) as error:
         raise TrainError(f"resume: {weights} does not fit this network (other cond_emb_dim, network_dim or model?): "
                          f"{str(error).splitlines()[0]}") from None
-    return torch.load(state_path, map_location="cpu", weights_only=False)
+    return state
 
 
 def resume(folder: Path | None, network: ControlledNetwork, optimizer, say=print) -> tuple[int, list, float, dict | None]:
@@ -73,7 +149,14 @@ def resume(folder: Path | None, network: ControlledNetwork, optimizer, say=print
     if folder is None:
         return 0, [], 0.0, None
     state = load_checkpoint(folder, network)
-    optimizer.load_state_dict(state["optimizer"])
+    saved = state["optimizer"]
+    for group, current in zip(saved["param_groups"], optimizer.param_groups):  # JSON keeps tuples as lists
+        group.update({k: tuple(v) for k, v in group.items() if isinstance(v, list) and isinstance(current.get(k), tuple)})
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise TrainError(f"resume: the optimizer state in {folder} does not fit this run's optimizer "
+                         f"({type(error).__name__}: {error}); resume with the optimizer_type it was written with") from None
     say(f"resuming from {folder} at step {state['step']}")
     # train_seconds is absent from checkpoints of older versions
     return state["step"], [tuple(x) for x in state["losses"]], state.get("train_seconds", 0.0), state.get("scaler")
@@ -141,6 +224,9 @@ def prepare_output(config: TrainConfig, output_dir: Path, final: Path, accelerat
     """The checkpoint to resume from, after refusing to mix a new run into an earlier one's files; with
     ``overwrite`` the earlier run's checkpoints are gone (the main process removes them, the others wait)."""
     checkpoints = find_checkpoints(output_dir)
+    if accelerator.is_main_process:  # what a run killed while it saved a checkpoint was writing
+        for staging in (output_dir / "checkpoints").glob(".step-*"):
+            shutil.rmtree(staging, ignore_errors=True)
     if config.resume:
         if config.resume != "latest":
             return Path(config.resume)
@@ -156,8 +242,9 @@ def prepare_output(config: TrainConfig, output_dir: Path, final: Path, accelerat
     return None
 
 
-def diverged(loss: float, step: int, output_dir: Path) -> TrainError:
+def diverged(what: str, value: float, step: int, output_dir: Path) -> TrainError:
+    """The error of a run whose loss or gradient norm (``what``) became ``value`` (NaN or inf) at ``step``."""
     kept = find_checkpoints(output_dir)
     where = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written (set save_every_n_steps)"
-    return TrainError(f"the loss became {loss} at step {step}: training stopped and nothing more was written; "
+    return TrainError(f"the {what} became {value} at step {step}: training stopped and nothing more was written; "
                       f"{where}. Lower learning_rate, or use bf16 instead of fp16")

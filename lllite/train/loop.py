@@ -66,8 +66,9 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
         DatasetConfigError: the dataset TOML or its folders are wrong.
         PipelineLoadError, InputMissingError: ``pretrained_model_name_or_path`` does not load.
     """
-    # 0. The processes (one, or those of `accelerate launch`), and the output folder.
-    accelerator, tensorboard = make_accelerator(config)
+    # 0. The processes (one, or those of `accelerate launch`), in the precision the model's family computes in
+    # on this device, and the output folder.
+    accelerator, tensorboard = make_accelerator(config, pipe)
     device, world, rank, main = (accelerator.device, accelerator.num_processes, accelerator.process_index,
                                  accelerator.is_main_process)
     output_dir = Path(config.output_dir)
@@ -116,9 +117,10 @@ def train(config: TrainConfig, pipe=None, on_step: Callable[[int, float], None] 
             group["lr"] = lr
         loss = step_loss(model, training, next(batches), accelerator, config.seed, step)
         if not math.isfinite(loss):
-            raise diverged(loss, step + 1, output_dir)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+            raise diverged("loss", loss, step + 1, output_dir)
+        norm = float(accelerator.clip_grad_norm_(network.parameters(), config.max_grad_norm or math.inf))
+        if not math.isfinite(norm) and accelerator.scaler is None:  # with fp16, the scaler skips such a step
+            raise diverged("gradient norm", norm, step + 1, output_dir)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
