@@ -50,6 +50,7 @@ from benches.common import (DTYPES, TINY_SDXL_UNET_CONFIG, BenchConfig, PeakMemo
                             memory_ceiling, parameter_count, parse_config, release_freed_memory, require_memory,
                             sdxl_unet_meta, summary, synchronize, timed, unet_inputs, write_results)
 from lllite.sdxl.module import token_grid  # noqa: E402
+from lllite.precision import native_bf16  # noqa: E402
 from lllite.sdxl.names import find_targets  # noqa: E402
 
 #: What a Colab T4 offers, as Colab lists it; a run on a GPU also records the device's own total.
@@ -76,14 +77,6 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {message[:600]}"
 
 
-def cuda_has_native_bf16(device: str) -> bool:
-    """Whether this GPU computes in bf16 itself (Ampere and later); a T4 only emulates it."""
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # a torch without the argument
-        return torch.cuda.get_device_capability(device)[0] >= 8
-
-
 def bitsandbytes_problem(device: str) -> str | None:
     """Why bitsandbytes' AdamW8bit cannot run here, or None when it can."""
     if not device.startswith("cuda"):
@@ -100,7 +93,7 @@ def bitsandbytes_problem(device: str) -> str | None:
 def mixed_precisions(device: str) -> tuple[list[str], dict[str, str]]:
     """The half types a training run can use here (dtype names), and why the others are left out."""
     if device.startswith("cuda"):
-        if cuda_has_native_bf16(device):
+        if native_bf16(device):
             return ["float16", "bfloat16"], {}
         return ["float16"], {"bfloat16": "this GPU has no bf16 arithmetic (the trainer switches to fp16 on it)"}
     return ["bfloat16"], {"float16": "fp16 mixed precision needs CUDA: the trainer refuses it on a CPU"}
@@ -320,12 +313,12 @@ def section_b(entry: dict, check: Check) -> None:
 # ---------------------------------------------------------------------------------------- a: the trainer, toy world
 def optimizer_that_ran(output_dir: Path) -> dict:
     """Read from the newest checkpoint which optimizer the trainer used, and its loss scale."""
-    from lllite.train.checkpoints import find_checkpoints
+    from lllite.train.checkpoints import find_checkpoints, read_training_state
 
     checkpoints = find_checkpoints(output_dir)
     if not checkpoints:
         return {"optimizer_ran": None}
-    state = torch.load(checkpoints[-1] / "training_state.pt", map_location="cpu", weights_only=False)
+    state = read_training_state(checkpoints[-1])
     first = next(iter(state["optimizer"]["state"].values()), {})
     keys = sorted(first)
     ran = "bitsandbytes AdamW8bit" if "state1" in keys else "torch AdamW" if "exp_avg" in keys else None
@@ -690,7 +683,7 @@ def cuda_facts(device: str) -> dict:
         return {}
     properties = torch.cuda.get_device_properties(device)
     return {"name": properties.name, "capability": list(torch.cuda.get_device_capability(device)),
-            "total_memory_bytes": properties.total_memory, "bf16_native": cuda_has_native_bf16(device),
+            "total_memory_bytes": properties.total_memory, "bf16_native": native_bf16(device),
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 
 

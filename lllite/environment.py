@@ -18,6 +18,7 @@ import torch
 
 from . import auto, families
 from .errors import InputMissingError, LLLiteError
+from .precision import model_dtype, native_bf16
 from .toy import TOY
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -28,6 +29,9 @@ MODEL_ENV = "LLLITE_MODEL"
 #: Environment variable with a real model's diffusers-format folder or hub id (real Anima's), where the
 #: notebook's ``ANIMA`` is not set.
 ANIMA_ENV = "LLLITE_ANIMA"
+#: Environment variable with a local diffusers folder of the real model, for any family (a copy on a drive,
+#: or a model built for tests): it takes the place of the hub id or of ``ANIMA``.
+PATH_ENV = "LLLITE_MODEL_PATH"
 #: What a notebook's ``MODEL`` takes.
 MODELS = (families.AUTO, *families.model_choices())
 
@@ -55,6 +59,9 @@ class Environment:
             or ``"anima"`` (real Anima from ``anima``).
         quick: a few samples and steps, to check that everything runs (CI); the results mean nothing.
         anima: a real model's diffusers-format folder or hub id, where the family names none itself (real Anima).
+        path: a local diffusers folder of the real model, for any family (``LLLITE_MODEL_PATH``).
+        bf16: whether the GPU computes bfloat16 natively (from Ampere on; a T4 does not), which decides the type
+            a real model is loaded in (:mod:`lllite.precision`).
     """
 
     in_colab: bool
@@ -63,6 +70,8 @@ class Environment:
     model: str
     quick: bool
     anima: str | None = None
+    path: str | None = None
+    bf16: bool = True
 
     @property
     def family(self) -> str:
@@ -79,6 +88,8 @@ class Environment:
         """What the pipeline is loaded from: ``"toy"``, the real model's hub id, or the folder the user named."""
         if self.toy:
             return TOY
+        if self.path is not None:
+            return self.path
         return self.anima if self.anima is not None else families.of_choice(self.model).role("pipeline").REAL_MODEL
 
     @property
@@ -102,7 +113,7 @@ class Environment:
 
 
 def detect_environment(model: str = families.AUTO, environ: Mapping[str, str] | None = None, *,
-                       anima: str | os.PathLike | None = None) -> Environment:
+                       anima: str | os.PathLike | None = None, path: str | os.PathLike | None = None) -> Environment:
     """Detect Colab and the GPU, and choose the model.
 
     Args:
@@ -112,6 +123,8 @@ def detect_environment(model: str = families.AUTO, environ: Mapping[str, str] | 
         environ: environment variables to read ``LLLITE_QUICK``, ``LLLITE_MODEL`` and ``LLLITE_ANIMA`` from
             (default: the process's).
         anima: for ``"anima"``: a local diffusers-format Anima folder or a hub id; default ``LLLITE_ANIMA``.
+        path: for a real model of any family: a local diffusers folder to load instead of the hub id or ``anima``;
+            default ``LLLITE_MODEL_PATH``.
 
     Raises:
         LLLiteError: an unknown model, or ``"anima"`` with no Anima given (the message says how to get one).
@@ -130,8 +143,9 @@ def detect_environment(model: str = families.AUTO, environ: Mapping[str, str] | 
     chosen = (families.DEFAULT.real_model if gpu else families.DEFAULT.toy_model) if model == families.AUTO else model
     family = families.of_choice(chosen)
     toy = chosen == family.toy_model
+    path = None if toy else (path if path is not None else (environ.get(PATH_ENV, "").strip() or None))
     source = None
-    if not toy and family.role("pipeline").REAL_MODEL is None:  # the user names the real model's folder
+    if not toy and path is None and family.role("pipeline").REAL_MODEL is None:  # the user names the real model's folder
         source = anima if anima is not None else (environ.get(ANIMA_ENV, "").strip() or None)
         if source is None:
             raise LLLiteError(f"MODEL = {chosen!r} needs real {family.title} in diffusers' format: set ANIMA (or "
@@ -140,19 +154,20 @@ def detect_environment(model: str = families.AUTO, environ: Mapping[str, str] | 
         source = str(source)
     if not toy and gpu is None:
         warnings.warn(f"MODEL = {chosen!r} without a GPU: every image takes minutes on a CPU", stacklevel=2)
-    return Environment("google.colab" in sys.modules, gpu, "cuda" if gpu else "cpu", chosen, quick_mode(environ), source)
+    return Environment("google.colab" in sys.modules, gpu, "cuda" if gpu else "cpu", chosen, quick_mode(environ), source,
+                       None if path is None else str(path), bf16=native_bf16("cuda" if gpu else "cpu"))
 
 
 def load_pipeline(env: Environment):
     """The pipeline the environment asks for, on its device (:func:`lllite.load_pipeline`): a toy shipped with the
-    package (float32), or the real model in its family's GPU type on a GPU (SDXL: float16 from the hub; Anima:
-    bfloat16 from ``env.anima``)."""
+    package (float32), or the real model in the type :func:`lllite.precision.model_dtype` chooses for the GPU
+    (SDXL: float16 from the hub; Anima: bfloat16 from ``env.anima``, float32 on a GPU without bf16 such as a T4)."""
     family = families.of_choice(env.model)
     pipeline = family.role("pipeline")
-    half = not env.toy and env.device == "cuda"
-    options = dict(dtype=pipeline.GPU_DTYPE if half else torch.float32, device=env.device,
-                   what="ANIMA" if env.anima is not None else "MODEL")
-    if half and pipeline.GPU_VARIANT:
+    dtype = torch.float32 if env.toy else model_dtype(pipeline.HALF_DTYPES, env.device, env.bf16)
+    what = PATH_ENV if env.path is not None else "ANIMA" if env.anima is not None else "MODEL"
+    options = dict(dtype=dtype, device=env.device, what=what)
+    if dtype != torch.float32 and pipeline.GPU_VARIANT:
         options["variant"] = pipeline.GPU_VARIANT
     if families.of_source(env.source) is not family:  # name the family where the source alone would not tell
         options["model_family"] = family.name

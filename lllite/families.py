@@ -24,7 +24,8 @@ every family):
   guidance_scale, height, width, generator)`` (the pipeline's own call); ``PIXEL_MULTIPLE`` and
   ``PIXEL_MULTIPLE_REASON`` (generated sizes), ``IMAGE_SIZE`` (the real model's side in pixels),
   ``REAL_MODEL`` (its hub id, or None when the user names a folder), ``HOWTO`` (how to get it),
-  ``GPU_DTYPE`` and ``GPU_VARIANT`` (how the notebooks load it on a GPU).
+  ``HALF_DTYPES`` (the half types it computes in without overflowing, best first: :mod:`lllite.precision`)
+  and ``GPU_VARIANT`` (the hub's variant of half weights, or None).
 - ``training``: ``Training`` (the trainer's side of the family: :class:`lllite.sdxl.training.Training`
   describes the contract), ``colab_settings(pretrained_model_name_or_path)`` (a recipe for one Colab GPU),
   ``OPTIONS`` (the training options only this family reads) and ``SHOWN_SETTINGS`` (what notebook 03 shows
@@ -54,7 +55,7 @@ PROVIDES = {
     "fileformat": ("claims", "ARCHITECTURE", "PUBLISHED"),
     "objective": ("OPTION_CHOICES",),
     "pipeline": ("claims_folder", "is_pipeline", "load_pipeline", "generate", "PIXEL_MULTIPLE", "PIXEL_MULTIPLE_REASON",
-                 "IMAGE_SIZE", "REAL_MODEL", "HOWTO", "GPU_DTYPE", "GPU_VARIANT"),
+                 "IMAGE_SIZE", "REAL_MODEL", "HOWTO", "HALF_DTYPES", "GPU_VARIANT"),
     "training": ("Training", "colab_settings", "OPTIONS", "SHOWN_SETTINGS"),
     "toy": ("build_pipeline", "load_pretrained", "ToyRecipe", "IMAGE_SIZE", "WEIGHTS_DIR", "PRETRAIN_COMMAND"),
     "pretrain": ("main",),

@@ -104,3 +104,17 @@ def anima_transformer():
 
     torch.manual_seed(0)
     return CosmosTransformer3DModel(**TINY_ANIMA_CONFIG).eval()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--realsize", action="store_true",
+                     help="also run the realsize tier: SDXL base and Anima at full size with random weights (an hour)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--realsize"):
+        return
+    skip = pytest.mark.skip(reason="the realsize tier runs with --realsize (python benches/realsize.py runs it too)")
+    for item in items:
+        if "realsize" in item.keywords:
+            item.add_marker(skip)

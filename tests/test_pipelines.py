@@ -59,8 +59,8 @@ def test_a_file_goes_to_from_single_file_and_a_name_to_from_pretrained(tmp_path,
     load_pipeline(checkpoint, dtype=torch.float16, variant="fp16")
     load_pipeline("someone/some-sdxl", dtype=torch.float16, variant="fp16")
     assert calls == [
-        ("single_file", str(checkpoint), {"torch_dtype": torch.float16, "add_watermarker": False}),
-        ("pretrained", "someone/some-sdxl", {"torch_dtype": torch.float16, "variant": "fp16", "add_watermarker": False}),
+        ("single_file", str(checkpoint), {"dtype": torch.float16, "add_watermarker": False}),
+        ("pretrained", "someone/some-sdxl", {"dtype": torch.float16, "variant": "fp16", "add_watermarker": False}),
     ]
 
 

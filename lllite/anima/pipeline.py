@@ -45,8 +45,9 @@ REAL_MODEL = None
 #: How to get a diffusers-format Anima.
 HOWTO = ("diffusers' scripts/convert_anima_to_diffusers.py writes one from Anima's checkpoints (the DiT, "
          "the Qwen3 text encoder, the LLM adapter and the Qwen-Image VAE)")
-#: How the notebooks load it on a GPU: bfloat16, Anima's own type.
-GPU_DTYPE, GPU_VARIANT = torch.bfloat16, None
+#: The half types its DiT computes in without overflowing (:mod:`lllite.precision`): bfloat16, Anima's own; in
+#: float16 it overflows (NaN or black images). The hub has no variant of half weights.
+HALF_DTYPES, GPU_VARIANT = (torch.bfloat16,), None
 
 #: The real Anima's sizes (Cosmos-Predict2-2B DiT, Qwen3-0.6B, the adapter), as diffusers' conversion script
 #: configures them; the toy's are in :mod:`lllite.anima.toy`.
@@ -133,8 +134,28 @@ def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype =
     if missing:
         raise PipelineLoadError(f"{what} {source!r}: the components {', '.join(missing)} did not load (see the "
                                 f"warnings above); check that the folder or repository holds them")
+    check_padding_mask(pipe.transformer, what, source)
     disable_progress_bars(pipe)
     return pipe.to(device)
+
+
+#: What installs what real Anima's DiT needs beyond lllite's own dependencies.
+ANIMA_EXTRA = 'pip install "lllite[anima]"'
+
+
+def check_padding_mask(transformer, what: str = "name_or_path", source: str = "") -> None:
+    """Real Anima's DiT (``concat_padding_mask=True``) resizes its padding mask with torchvision, at every call; a
+    DiT that needs it where torchvision is missing is refused now, not at the first generation.
+
+    Raises:
+        PipelineLoadError: naming the install line.
+    """
+    from diffusers.models.transformers import transformer_cosmos
+
+    if getattr(transformer.config, "concat_padding_mask", False) and getattr(transformer_cosmos, "transforms", None) is None:
+        raise PipelineLoadError(f"{what} {source!r}: Anima's DiT resizes its padding mask with torchvision, which is not "
+                                f"installed; install it with `{ANIMA_EXTRA}` (or `pip install torchvision` matching "
+                                "your torch)")
 
 
 def save_pipeline(pipe, out_dir: str | os.PathLike) -> Path:

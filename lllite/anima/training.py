@@ -14,11 +14,12 @@ import torch.nn as nn
 from ..errors import TrainError
 from ..images import random_region_masks, region_mask, to_mask_tensor
 from ..objective import Draw
+from ..precision import mixed_precision
 from .config import AnimaLLLiteConfig
 from .module import inpaint_condition
 from .network import AnimaLLLiteNetwork, create_network
 from .objective import loss_weights, noisy_latents, sample_sigmas, velocity
-from .pipeline import encode_images, encode_prompts, is_pipeline, transformer_inputs
+from .pipeline import HALF_DTYPES, encode_images, encode_prompts, is_pipeline, transformer_inputs
 
 #: The ``TrainConfig`` options only Anima's training reads (kohya's Anima options); another family refuses them
 #: when they are not at their defaults.
@@ -149,13 +150,16 @@ def colab_settings(pretrained_model_name_or_path: str) -> dict:
     checkpointing, cached latents and text outputs) with a batch that fits one Colab GPU and a 45-minute
     budget, as :class:`lllite.train.TrainConfig` settings.
 
-    Anima's DiT is trained in bf16, native from Ampere on (L4, A100); a T4 emulates it, slowly.
+    Anima's DiT is trained in bf16, native from Ampere on (L4, A100); on a GPU without it (a T4) in float32, as
+    :func:`lllite.precision.mixed_precision` chooses (it overflows in fp16).
 
     Args:
         pretrained_model_name_or_path: real Anima in diffusers' format (a local folder or a hub id).
     """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), model_family="anima",
                 output_name="lllite_anima_canny", cond_emb_dim=32, network_dim=64, lllite_target_layers="self_attn_q",
                 lllite_cond_dim=64, lllite_cond_resblocks=1, lllite_use_aspp=False, learning_rate=1e-4,
-                train_batch_size=2, mixed_precision="bf16", gradient_checkpointing=True, optimizer_type="adamw8bit",
+                train_batch_size=2, mixed_precision=mixed_precision("bf16", HALF_DTYPES, device, "Anima")[0],
+                gradient_checkpointing=True, optimizer_type="adamw8bit",
                 max_train_steps=3000, max_train_seconds=45 * 60, cache_latents=True, cache_text_encoder_outputs=True)

@@ -55,8 +55,9 @@ IMAGE_SIZE = 1024
 #: The real model, from the hub, and how to get it.
 REAL_MODEL = SDXL_BASE
 HOWTO = f"it downloads from the Hugging Face hub as {SDXL_BASE}"
-#: How the notebooks load it on a GPU: float16 weights (half the download and the memory).
-GPU_DTYPE, GPU_VARIANT = torch.float16, "fp16"
+#: The half types its UNet computes in without overflowing, best first (:mod:`lllite.precision`), and the hub's
+#: variant of half weights (half the download).
+HALF_DTYPES, GPU_VARIANT = (torch.float16, torch.bfloat16), "fp16"
 
 
 def sdxl_unet(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32):
@@ -70,10 +71,10 @@ def sdxl_unet(device: str | torch.device = "meta", dtype: torch.dtype = torch.fl
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
-    if torch.device(device).type != "meta":
-        unet = unet.to_empty(device=device)
-    # nn.Module.to: diffusers' own .to() warns about dtype casts meant for from_pretrained
-    return torch.nn.Module.to(unet, dtype)
+    # cast on the meta device, then allocate: memory in ``dtype`` only (nn.Module.to: diffusers' own .to()
+    # warns about dtype casts meant for from_pretrained)
+    unet = torch.nn.Module.to(unet, dtype)
+    return unet if torch.device(device).type == "meta" else unet.to_empty(device=device)
 
 
 @torch.no_grad()
@@ -112,10 +113,10 @@ def load_pipeline(name_or_path: str | os.PathLike = TOY, *, dtype: torch.dtype =
     path = Path(name_or_path).expanduser()
     try:
         if path.is_file():
-            pipe = StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype, add_watermarker=False)
+            pipe = StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype, add_watermarker=False)
         else:
             source = str(path) if path.is_dir() else str(name_or_path)
-            pipe = StableDiffusionXLPipeline.from_pretrained(source, torch_dtype=dtype, variant=variant,
+            pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, variant=variant,
                                                              add_watermarker=False)
     except (OSError, ValueError) as error:
         text = str(error).strip()

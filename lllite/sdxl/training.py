@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..errors import TrainError
 from ..objective import Draw
+from ..precision import native_bf16
 from .network import LLLiteNetwork, create_network
 from .names import find_targets
 from .objective import loss_weights, noise_scheduler, sample_noise, sample_timesteps, signal_to_noise
@@ -193,7 +194,7 @@ def colab_settings(pretrained_model_name_or_path: str = SDXL_BASE) -> dict:
     """kohya's SDXL canny recipe (E 32, M 64, lr 2e-4, AdamW 8-bit, mixed precision, gradient checkpointing)
     with a batch that fits one Colab GPU and a 45-minute budget, as :class:`lllite.train.TrainConfig` settings."""
     # bf16 natively from Ampere (compute capability 8) on; a T4 only emulates it, slowly
-    bf16 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    bf16 = torch.cuda.is_available() and native_bf16("cuda")
     return dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), output_name="lllite_sdxl_canny",
                 cond_emb_dim=32, network_dim=64, learning_rate=2e-4, train_batch_size=2,
                 mixed_precision="bf16" if bf16 else "fp16", gradient_checkpointing=True, optimizer_type="adamw8bit",

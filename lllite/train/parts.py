@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import families
+from .. import families, precision
 from ..auto import load_pipeline
 from ..errors import TrainError
 from .config import TrainConfig
@@ -90,27 +90,19 @@ def _reset_accelerate_for(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _usable_precision(mixed_precision: str) -> str:
-    """The requested mixed precision, or fp16 on a GPU without bf16 arithmetic (a Colab T4)."""
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    if mixed_precision == "bf16" and torch.cuda.is_available():
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:
-            native = torch.cuda.is_bf16_supported()
-        if not native:
-            print("mixed_precision bf16: this GPU has no bf16 arithmetic (e.g. a T4); training in fp16 instead")
-            return "fp16"
-    return mixed_precision
-
-
-def make_accelerator(config: TrainConfig):
-    """accelerate's ``Accelerator`` for the run (its processes, device and mixed precision), and whether it
-    logs to TensorBoard (when tensorboard is installed)."""
+def make_accelerator(config: TrainConfig, pipe=None):
+    """accelerate's ``Accelerator`` for the run (its processes, device and mixed precision: the one the model's
+    family computes in on this device, :func:`lllite.precision.mixed_precision`), and whether it logs to
+    TensorBoard (when tensorboard is installed). The family is the pipeline's, or read off the model's name."""
     from accelerate import Accelerator
 
-    mixed_precision = _usable_precision(config.mixed_precision)
+    family = families.of_pipeline(pipe) if pipe is not None else families.of_source(
+        config.pretrained_model_name_or_path, config.model_family)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mixed_precision, why = precision.mixed_precision(config.mixed_precision, family.role("pipeline").HALF_DTYPES,
+                                                     device, family.title)
+    if why:
+        print(why)
     _reset_accelerate_for(mixed_precision)
     logging_dir = Path(config.logging_dir) if config.logging_dir else Path(config.output_dir) / "logs"
     tensorboard = importlib.util.find_spec("tensorboard") is not None

@@ -1,0 +1,75 @@
+"""Which floating-point type a model runs and trains in, by what the device computes natively: the one place
+the trainer and the notebooks ask.
+
+Each family lists the half types its model computes in without overflowing, best first (its pipeline's
+``HALF_DTYPES``): SDXL's UNet runs in float16 or bfloat16; Anima's DiT overflows in float16 (NaN or black
+images, as kohya's and ComfyUI's users report) and runs in bfloat16 only. A GPU without native bfloat16
+(a Colab T4) therefore runs SDXL in float16 and Anima in float32, which takes twice bfloat16's memory.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import TrainError
+
+#: ``mixed_precision`` names of the half types.
+NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU from Ampere on (compute capability 8), or a CPU
+    (where torch computes it, more slowly than float32 on older CPUs: the notebooks keep a CPU in float32)."""
+    if torch.device(device).type != "cuda":
+        return True
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 has no including_emulation
+        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
+def usable_half_dtypes(half_dtypes: tuple[torch.dtype, ...], device: str | torch.device,
+                       bf16: bool | None = None) -> list[torch.dtype]:
+    """The family's half types that ``device`` computes natively, best first (``bf16``: whether it computes bf16
+    natively, when already known; else the device is asked)."""
+    bf16 = native_bf16(device) if bf16 is None else bf16
+    return [dtype for dtype in half_dtypes if dtype != torch.bfloat16 or bf16]
+
+
+def model_dtype(half_dtypes: tuple[torch.dtype, ...], device: str | torch.device, bf16: bool | None = None) -> torch.dtype:
+    """The dtype a notebook loads a real model in: on a CUDA GPU the family's best half type it computes natively,
+    else float32 (on a CPU, and where none is native: Anima on a T4). ``bf16`` as in :func:`usable_half_dtypes`."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    usable = usable_half_dtypes(half_dtypes, device, bf16)
+    return usable[0] if usable else torch.float32
+
+
+def mixed_precision(requested: str, half_dtypes: tuple[torch.dtype, ...], device: str | torch.device,
+                    family: str = "the model") -> tuple[str, str | None]:
+    """The ``mixed_precision`` a run can use on ``device``, and a sentence that says why when it is not the one
+    requested (None when it is).
+
+    Args:
+        requested: ``"no"``, ``"fp16"`` or ``"bf16"``.
+        half_dtypes: the family's half types, best first.
+        device: where it trains.
+        family: how the sentence names the model.
+
+    Raises:
+        TrainError: fp16 away from a CUDA GPU.
+    """
+    if requested == "no":
+        return requested, None
+    cuda = torch.device(device).type == "cuda"
+    if requested == "fp16" and not cuda:
+        raise TrainError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    if not cuda:
+        return requested, None
+    usable = [NAMES[dtype] for dtype in usable_half_dtypes(half_dtypes, device)]
+    if requested in usable:
+        return requested, None
+    if usable:
+        return usable[0], (f"mixed_precision {requested}: {family} on this GPU computes natively in {usable[0]} "
+                           f"(a T4 has no bf16 arithmetic); training in {usable[0]} instead")
+    return "no", (f"mixed_precision {requested}: this GPU has no bf16 arithmetic (e.g. a T4) and {family} overflows "
+                  "in fp16; training in float32 instead (twice bf16's memory for the frozen model)")
