@@ -18,7 +18,7 @@ import torch
 
 from . import auto, families
 from .errors import InputMissingError, LLLiteError
-from .precision import model_dtype, native_bf16
+from .precision import fit_decoder, model_dtype, native_bf16
 from .toy import TOY
 
 #: Environment variable for the quick setting (a few samples and steps) that CI runs the notebooks with.
@@ -171,7 +171,11 @@ def load_pipeline(env: Environment):
         options["variant"] = pipeline.GPU_VARIANT
     if families.of_source(env.source) is not family:  # name the family where the source alone would not tell
         options["model_family"] = family.name
-    return auto.load_pipeline(env.source, **options)
+    pipe = auto.load_pipeline(env.source, **options)
+    note = None if env.toy else fit_decoder(pipe, dtype, env.device)
+    if note:
+        print(note)
+    return pipe
 
 
 def find_weights(env: Environment, path: str | os.PathLike | None, trained: Sequence[str | os.PathLike] = ()) -> Path | None:

@@ -8,10 +8,14 @@ images, as kohya's and ComfyUI's users report) and runs in bfloat16 only. A GPU 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from .errors import TrainError
 
+#: Devices with an autocast (the meta device has none); a plain tuple, which torch.compile reads without a break.
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 #: ``mixed_precision`` names of the half types.
 NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -21,10 +25,7 @@ def native_bf16(device: str | torch.device) -> bool:
     (where torch computes it, more slowly than float32 on older CPUs: the notebooks keep a CPU in float32)."""
     if torch.device(device).type != "cuda":
         return True
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch before 2.3 has no including_emulation
-        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def usable_half_dtypes(half_dtypes: tuple[torch.dtype, ...], device: str | torch.device,
@@ -73,3 +74,33 @@ def mixed_precision(requested: str, half_dtypes: tuple[torch.dtype, ...], device
                            f"(a T4 has no bf16 arithmetic); training in {usable[0]} instead")
     return "no", (f"mixed_precision {requested}: this GPU has no bf16 arithmetic (e.g. a T4) and {family} overflows "
                   "in fp16; training in float32 instead (twice bf16's memory for the frozen model)")
+
+
+def in_float32(module: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``module(image)`` computed in float32 whatever the module's dtype and any autocast, returned in the module's
+    dtype: for the small convolution stacks that embed a control image (once per image, a negligible cost).
+
+    PyTorch's oneDNN convolutions in bfloat16 give wrong results for some small shapes on CPUs with AMX (16 input
+    channels and a 4x4 kernel of stride 4, which LLLite's conditioning uses: errors above 100% of the output),
+    while float32 is exact; float32 also keeps the embedding as kohya's float32 training computed it.
+    """
+    dtype = next(module.parameters()).dtype
+    params = {name: tensor.float() for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
+    device = image.device.type
+    no_autocast = torch.autocast(device, enabled=False) if device in AUTOCAST_DEVICES else nullcontext()
+    with no_autocast:
+        out = torch.func.functional_call(module, params, (image.float(),))
+    return out.to(dtype)
+
+
+def fit_decoder(pipe, dtype: torch.dtype, device: str | torch.device) -> str | None:
+    """Where a real model runs in float32 on a GPU (Anima on a T4, which has no bf16), its VAE decodes in tiles:
+    Anima's Qwen-Image VAE decoding 1024 px in float32 peaks at 8.2 GiB above its weights, tiled at 0.9 GiB, and
+    only tiled does the whole pipeline (10.5 GiB of float32 weights) fit a T4's 15 GB (benches/RESULTS.md).
+    Returns the sentence that says so, or None where nothing changed."""
+    vae = getattr(pipe, "vae", None)
+    if torch.device(device).type != "cuda" or dtype != torch.float32 or not hasattr(vae, "enable_tiling"):
+        return None
+    vae.enable_tiling()
+    return ("float32 on this GPU: the VAE decodes in tiles to fit its memory (pipe.vae.disable_tiling() undoes it; "
+            "tiles can leave faint seams)")

@@ -70,3 +70,91 @@ def test_the_environment_records_whether_its_gpu_computes_bf16(gpu, monkeypatch)
     assert (env.device, env.bf16) == ("cuda", False)
     gpu(bf16=True)
     assert detect_environment("anima", {}, anima="/content/anima").bf16
+
+
+def test_the_sdxl_recipe_picks_what_the_machine_trains_in(gpu, monkeypatch):
+    from lllite.sdxl.training import colab_settings
+
+    gpu(bf16=False)
+    assert colab_settings()["mixed_precision"] == "fp16"  # a T4: fp16 with loss scaling
+    gpu(bf16=True)
+    assert colab_settings()["mixed_precision"] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chosen = colab_settings()["mixed_precision"]
+    assert chosen == "bf16" and precision.mixed_precision(chosen, SDXL, "cpu") == ("bf16", None)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_a_half_network_embeds_its_control_as_float32_would(depth):
+    """The conditioning convolutions run in float32 (precision.in_float32): oneDNN's bfloat16 convolution of 16
+    channels with a 4x4 stride-4 kernel (depths 2 and 3) is wrong by more than 100% on CPUs with AMX."""
+    import copy
+
+    from lllite.sdxl.module import LLLiteModule
+
+    generator = torch.Generator().manual_seed(0)
+    module = LLLiteModule(64, depth=depth)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    image = torch.rand(1, 3, 128, 128, generator=generator) * 2 - 1
+    grid = {1: (16, 16), 2: (8, 8), 3: (4, 4)}[depth]
+    reference = module.embed(image, grid)
+    half = copy.deepcopy(module).to(torch.bfloat16).embed(image.to(torch.bfloat16), grid)
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - reference).abs().mean() < 0.02 * reference.abs().mean()  # bf16's rounding, no more
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = module.embed(image, grid)
+    torch.testing.assert_close(autocast.float(), reference)  # float32 inside autocast: the same numbers
+
+
+def test_the_anima_trunk_embeds_in_float32_too():
+    """The network's own path: its trunk's embedding in a bf16 DiT call against the float32 network's."""
+    import copy
+
+    from lllite.anima import create_network
+    from lllite.anima.toy import build_pipeline
+
+    transformer = build_pipeline("test").transformer
+    network = create_network(transformer, cond_dim=32)  # 16 channels into the 4x4 stride-4 conv3
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    image = torch.rand(1, 3, 96, 128, generator=generator) * 2 - 1
+    x = torch.randn(1, 16, 1, 12, 16, generator=generator)
+    context = torch.randn(1, 5, transformer.config.text_embed_dim, generator=generator)
+    embeddings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model, net = copy.deepcopy(transformer).to(dtype), copy.deepcopy(network).to(dtype)
+        net.apply_to(model)
+        net.set_cond_image(image)
+        with torch.no_grad():
+            model(x.to(dtype), torch.full((1,), 0.5, dtype=dtype), context.to(dtype), return_dict=False)
+        embeddings[dtype] = net._embedding
+        net.remove()
+    half, reference = embeddings[torch.bfloat16], embeddings[torch.float32]
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - reference).abs().mean() < 0.02 * reference.abs().mean()
+
+
+def test_float32_on_a_gpu_decodes_in_tiles_and_nothing_else_does():
+    from lllite.anima.toy import build_pipeline
+
+    pipe = build_pipeline("test")
+    assert precision.fit_decoder(pipe, torch.bfloat16, "cuda") is None and not pipe.vae.use_tiling
+    assert precision.fit_decoder(pipe, torch.float32, "cpu") is None and not pipe.vae.use_tiling
+    assert "tiles" in precision.fit_decoder(pipe, torch.float32, "cuda") and pipe.vae.use_tiling
+    assert precision.fit_decoder(None, torch.float32, "cuda") is None  # no pipeline, nothing to change
+
+
+def test_the_notebooks_tile_animas_decoder_on_a_t4_and_not_on_an_l4(gpu, monkeypatch):
+    from lllite.anima.toy import build_pipeline
+    from lllite.environment import Environment, load_pipeline
+
+    monkeypatch.setattr("lllite.auto.load_pipeline", lambda name, **options: build_pipeline("test"))
+    gpu(bf16=False)
+    t4 = load_pipeline(Environment(True, "Tesla T4", "cuda", "anima", False, anima="/content/anima", bf16=False))
+    gpu(bf16=True)
+    l4 = load_pipeline(Environment(True, "NVIDIA L4", "cuda", "anima", False, anima="/content/anima", bf16=True))
+    assert t4.vae.use_tiling and not l4.vae.use_tiling

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..controls import ControlledNetwork
 from ..errors import LLLiteError
 from ..hooks import model_and_pipeline
+from ..precision import in_float32
 from .config import AnimaLLLiteConfig
 from .fileformat import TRUNK, check_shapes, config_from_file, file_metadata, module_widths
 from .module import AnimaLLLiteModule, ConditioningTrunk
@@ -143,7 +144,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
         key = (self._image_version, self._latent_size, parameter.device, parameter.dtype,
                sum(p._version for p in self.trunk.parameters()))
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self.trunk(self.prepared_image(parameter.device, parameter.dtype)))
+            self._cached = (key, in_float32(self.trunk, self.prepared_image(parameter.device, parameter.dtype)))
         self._embedding = self._cached[1].repeat(batch // self._image.shape[0], 1, 1)
 
     def prepared_image(self, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -160,7 +161,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
         """Training: the embedding with gradients, before the first block."""
         if self._trains:
             parameter = self.trunk.conv1.weight
-            embedding = self.trunk(self.prepared_image(parameter.device, parameter.dtype))
+            embedding = in_float32(self.trunk, self.prepared_image(parameter.device, parameter.dtype))
             self._embedding = embedding.repeat(self._token_masks[_TOKEN_DEPTH].shape[0] // embedding.shape[0], 1, 1)
 
     def _module_change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..controls import token_grid
+from ..precision import in_float32
 
 __all__ = ["LLLiteModule", "conditioning_stride", "token_grid"]
 
@@ -66,7 +67,7 @@ class LLLiteModule(nn.Module):
             image: (B, 3, H, W) in [-1, 1], at least ``grid * conditioning_stride(depth)`` pixels.
             grid: the token grid of the target's block; the embedding is cropped to it.
         """
-        emb = self.conditioning1(image)[:, :, : grid[0], : grid[1]]
+        emb = in_float32(self.conditioning1, image)[:, :, : grid[0], : grid[1]]
         if emb.shape[-2:] != grid:
             raise ValueError(
                 f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "

@@ -193,8 +193,9 @@ class Training:
 def colab_settings(pretrained_model_name_or_path: str = SDXL_BASE) -> dict:
     """kohya's SDXL canny recipe (E 32, M 64, lr 2e-4, AdamW 8-bit, mixed precision, gradient checkpointing)
     with a batch that fits one Colab GPU and a 45-minute budget, as :class:`lllite.train.TrainConfig` settings."""
-    # bf16 natively from Ampere (compute capability 8) on; a T4 only emulates it, slowly
-    bf16 = torch.cuda.is_available() and native_bf16("cuda")
+    # bf16 natively from Ampere (compute capability 8) on, and on a CPU (where fp16 cannot train); a T4 only
+    # emulates it, slowly, and trains in fp16 with loss scaling
+    bf16 = not torch.cuda.is_available() or native_bf16("cuda")
     return dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), output_name="lllite_sdxl_canny",
                 cond_emb_dim=32, network_dim=64, learning_rate=2e-4, train_batch_size=2,
                 mixed_precision="bf16" if bf16 else "fp16", gradient_checkpointing=True, optimizer_type="adamw8bit",

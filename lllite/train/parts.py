@@ -103,6 +103,9 @@ def make_accelerator(config: TrainConfig, pipe=None):
                                                      device, family.title)
     if why:
         print(why)
+        note = precision.fit_decoder(pipe, torch.float32, device) if mixed_precision == "no" else None
+        if note:
+            print(note)
     _reset_accelerate_for(mixed_precision)
     logging_dir = Path(config.logging_dir) if config.logging_dir else Path(config.output_dir) / "logs"
     tensorboard = importlib.util.find_spec("tensorboard") is not None
