@@ -239,10 +239,7 @@ def generate(
 
 
 def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size only
-        return ImageFont.load_default()
+    return ImageFont.load_default(size=size)  # a scalable font from Pillow 10.1 on (the declared floor)
 
 
 def image_grid(

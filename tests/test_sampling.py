@@ -45,7 +45,10 @@ def test_generate_makes_one_image_per_seed_with_its_parameters(pipe, network):
     assert params[0]["multiplier"] == 0.5 and params[0]["prompt"] == "a red circle"
     assert params[0]["num_inference_steps"] == STEPS and (params[0]["height"], params[0]["width"]) == (64, 64)
     again = generate(pipe, network, control(), "a red circle", seed=3, num_inference_steps=STEPS, multiplier=0.5)[0]
-    assert np.array_equal(pixels(again), pixels(images[0]))
+    # The same seed alone draws the same image, up to rounding: the modules' batched matmuls see 2 rows alone and
+    # 4 in the batch, and a BLAS may sum in another order for each (one level in one value, on some machines).
+    difference = np.abs(pixels(again) - pixels(images[0]))
+    assert difference.max() <= 1 and difference.mean() < 1e-3
 
 
 def test_strength_zero_is_the_base_model_and_strength_one_changes_the_image(pipe, network):

@@ -152,3 +152,32 @@ def test_the_readmes_paragraph_on_adding_a_family_names_every_role_and_the_regis
     missing = [role for role in families.ROLES if f"`{role}`" not in paragraph]
     assert not missing, f"the README's paragraph does not name the roles {missing}"
     assert all(f"lllite/{family.name}/" in readme for family in families.FAMILIES)
+
+
+def _floors_of(requirements) -> dict[str, str]:
+    floors = {}
+    for requirement in requirements:
+        name, _, version = requirement.strip().partition(">=")
+        if version:
+            floors[name.strip().lower()] = version.strip()
+    return floors
+
+
+def test_the_declared_floors_are_the_pinned_ones_ci_tests_and_environment_yml_says_the_same():
+    import tomllib
+
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _floors_of([*project["dependencies"], *project["optional-dependencies"]["dev"]])
+    pinned = dict(line.split("==") for line in (ROOT / ".ci" / "floors.txt").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert set(pinned) == set(declared), "pin every declared floor in .ci/floors.txt, and nothing else"
+    for name, floor in declared.items():  # the pin is the floor's first release: 4.8 -> 4.8.0.76
+        release = Version(pinned[name]).release
+        assert release[: len(Version(floor).release)] == Version(floor).release, (name, floor, pinned[name])
+    conda_names = {"pytorch": "torch", "py-opencv": "opencv-python-headless"}
+    lines = [line.strip()[2:] for line in (ROOT / "environment.yml").read_text().splitlines()
+             if line.strip().startswith("- ") and ">=" in line]
+    conda = {conda_names.get(name, name): floor for name, floor in _floors_of(lines).items()}
+    assert {name: conda[name] for name in declared} == declared
