@@ -84,11 +84,26 @@ PROMPT = "a red circle"
 
 
 def _materialize(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """A module built on the meta device, given memory in ``dtype`` only, then random weights."""
+    """A module built on the meta device, given memory in ``dtype`` only, then random weights. Only modules
+    without buffers: a buffer is computed at init (position ids, rotary frequencies), and the meta device
+    computes nothing."""
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise ValueError(f"{type(module).__name__} has buffers ({', '.join(buffers[:3])}); build it on the CPU")
     module = torch.nn.Module.to(module, dtype).to_empty(device="cpu")
-    for name, buffer in module.named_buffers():  # buffers are computed at init; recompute the ones we know
-        if buffer.is_floating_point():
-            buffer.zero_()
+    fill_weights(module, seed)
+    return module.eval()
+
+
+def _on_cpu(build: Callable[[], torch.nn.Module], dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """A module built on the CPU in ``dtype`` (its buffers computed as at init), then random weights: for the
+    text encoders and the LLM adapter, which hold position ids and rotary frequencies."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        module = build()
+    finally:
+        torch.set_default_dtype(default)
     fill_weights(module, seed)
     return module.eval()
 
@@ -105,11 +120,9 @@ def build_sdxl(folder: Path, dtype: torch.dtype = torch.bfloat16, seed: int = 0)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
         vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG, **ids))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_CONFIG, **ids))
-    models = [_materialize(m, dtype, seed + i) for i, m in enumerate((unet, vae, text_encoder, text_encoder_2))]
-    for encoder in models[2:]:  # CLIP's position ids: 0..76
-        encoder.text_model.embeddings.position_ids.copy_(torch.arange(77).unsqueeze(0))
+    models = [_materialize(m, dtype, seed + i) for i, m in enumerate((unet, vae))]
+    models.append(_on_cpu(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG, **ids)), dtype, seed + 2))
+    models.append(_on_cpu(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_CONFIG, **ids)), dtype, seed + 3))
     pipe = StableDiffusionXLPipeline(unet=models[0], vae=models[1], text_encoder=models[2], text_encoder_2=models[3],
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=make_scheduler(),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
@@ -127,15 +140,13 @@ def build_anima(folder: Path, dtype: torch.dtype = torch.bfloat16, seed: int = 0
     from lllite.anima.toy import make_qwen_tokenizer, make_scheduler, make_t5_tokenizer
 
     tokenizer, t5_tokenizer = make_qwen_tokenizer(), make_t5_tokenizer()
-    transformer = anima_transformer()  # on the meta device
-    with torch.device("meta"):
-        text_conditioner = AnimaTextConditioner(**REAL_ANIMA["text_conditioner"])
-        text_encoder = Qwen3Model(Qwen3Config(**QWEN3_06B, pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKLQwenImage().to(dtype)  # small (0.25 B); its buffers are built at init
-    fill_weights(vae, seed + 3)
-    models = [_materialize(m, dtype, seed + i) for i, m in enumerate((transformer, text_conditioner, text_encoder))]
+    transformer = _materialize(anima_transformer(), dtype, seed)  # built on the meta device
+    text_conditioner = _on_cpu(lambda: AnimaTextConditioner(**REAL_ANIMA["text_conditioner"]), dtype, seed + 1)
+    text_encoder = _on_cpu(lambda: Qwen3Model(Qwen3Config(**QWEN3_06B, pad_token_id=tokenizer.pad_token_id)),
+                           dtype, seed + 2)
+    vae = _on_cpu(AutoencoderKLQwenImage, dtype, seed + 3)  # small (0.25 B)
     pipe = AnimaAutoBlocks().init_pipeline()
-    pipe.update_components(transformer=models[0], text_conditioner=models[1], text_encoder=models[2], vae=vae.eval(),
+    pipe.update_components(transformer=transformer, text_conditioner=text_conditioner, text_encoder=text_encoder, vae=vae,
                            tokenizer=tokenizer, t5_tokenizer=t5_tokenizer, scheduler=make_scheduler())
     save_pipeline(pipe, folder)
     return folder
@@ -216,28 +227,34 @@ def generate(run: Run, size: int) -> dict:
 
 
 def img2img(run: Run) -> dict:
-    size, control = 512, run.control(512)
+    """Image-to-image at 512 px, strength 0.5 of 4 steps: the denoiser's calls are counted, so that the steps the
+    strength skips show (SDXL's pipeline calls its UNet once per step at batch 2; Anima's guider calls the DiT
+    once per guidance branch)."""
+    size, control, steps, strength = 512, run.control(512), 4, 0.5
     start = Image.fromarray(np.full((size, size, 3), 128, np.uint8))
+    denoiser = getattr(run.pipe, "unet", None) or run.pipe.transformer
+    calls: list[int] = []
+    counter = denoiser.register_forward_pre_hook(lambda module, args: calls.append(1))
     run.network.set_cond_image(control)
-    if hasattr(run.pipe, "unet"):
-        from diffusers import StableDiffusionXLImg2ImgPipeline
+    try:
+        if hasattr(run.pipe, "unet"):
+            from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        image_pipe = StableDiffusionXLImg2ImgPipeline(**run.pipe.components)
-        image_pipe.set_progress_bar_config(disable=True)
-        run.network.apply_to(image_pipe)
-        try:
-            image = image_pipe(PROMPT, image=start, strength=0.5, num_inference_steps=4, guidance_scale=5.0).images[0]
-        finally:
-            run.network.remove()
-    else:
-        run.network.apply_to(run.pipe)
-        try:
-            image = run.pipe(prompt=PROMPT, image=start, strength=0.5, num_inference_steps=4, height=size, width=size,
-                             output_type="pil", output="images")[0]
-        finally:
-            run.network.remove()
-    run.network.set_cond_image(None)
-    return {"size": list(image.size), "strength": 0.5, "steps_run": 2}
+            image_pipe = StableDiffusionXLImg2ImgPipeline(**run.pipe.components)
+            image_pipe.set_progress_bar_config(disable=True)
+            run.network.apply_to(image_pipe)
+            image = image_pipe(PROMPT, image=start, strength=strength, num_inference_steps=steps,
+                               guidance_scale=5.0).images[0]
+        else:
+            run.network.apply_to(run.pipe)
+            image = run.pipe(prompt=PROMPT, image=start, strength=strength, num_inference_steps=steps, height=size,
+                             width=size, output_type="pil", output="images")[0]
+    finally:
+        run.network.remove()
+        counter.remove()
+        run.network.set_cond_image(None)
+    return {"size": list(image.size), "strength": strength, "num_inference_steps": steps,
+            "denoiser_calls": len(calls)}
 
 
 def train_steps(run: Run) -> dict:
@@ -292,10 +309,14 @@ def run_family(family: str, folder: Path, parts=PARTS, json_path: Path | None = 
     """Build the folder when it is missing (``build``), then run ``parts`` in order; the results by part."""
     folder = Path(folder)
     run = Run(family, folder, json_path)
-    run.results["padding_mask_resize"] = ("torchvision" if not needs_resize_double()
-                                          else "a stand-in: nearest interpolate (torchvision is not installed)")
+    if family == "anima":  # real Anima's DiT resizes its padding mask with torchvision
+        run.results["padding_mask_resize"] = ("torchvision" if not needs_resize_double()
+                                              else "a stand-in: nearest interpolate (torchvision is not installed)")
     if build and not folder.exists():
-        run.part("build", lambda run: {"gib_on_disk": _build(family, folder)})
+        if "error" in run.part("build", lambda run: {"gib_on_disk": _build(family, folder)}):
+            print(f"{family} build: {run.results['parts']['build']['error']}", flush=True)
+            shutil.rmtree(run.work, ignore_errors=True)
+            return run.results
     try:
         for name in parts:
             entry = run.part(name, RUNNERS[name])
@@ -306,7 +327,11 @@ def run_family(family: str, folder: Path, parts=PARTS, json_path: Path | None = 
 
 
 def _build(family: str, folder: Path) -> float:
-    BUILDERS[family](folder)
+    """Build into a sibling folder, renamed into place once complete: a failed build leaves no half folder."""
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    BUILDERS[family](staging)
+    staging.rename(folder)
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**30, 2)
 
 

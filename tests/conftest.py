@@ -108,7 +108,7 @@ def anima_transformer():
 
 def pytest_addoption(parser):
     parser.addoption("--realsize", action="store_true",
-                     help="also run the realsize tier: SDXL base and Anima at full size with random weights (an hour)")
+                     help="also run the realsize tier: SDXL base and Anima at full size with random weights (about 12 minutes)")
 
 
 def pytest_collection_modifyitems(config, items):
