@@ -1,6 +1,7 @@
 """GPU truth in one run: does lllite train, fit and compute right on CUDA, and how fast is it at SDXL's size?
+And what do SDXL and Anima need of a T4 or an L4 at 1024 px?
 
-Four sections, in the order of what their numbers are worth. Each is guarded: one that fails records
+Six sections, in the order of what their numbers are worth. Each is guarded: one that fails records
 its error (type and message) and the next one runs. The JSON is rewritten after every section and
 every training variant, so a run killed at its time limit keeps what it measured.
 
@@ -8,6 +9,10 @@ every training variant, so a run killed at its time limit keeps what it measured
   the frozen UNet in the half type, LLLite in float32 under autocast, latents and text embeddings
   given as tensors (cached: no VAE or text encoder on the device), gradient checkpointing on and
   off, AdamW (fused) and bitsandbytes' AdamW8bit. Peak memory per variant against a T4's 15 GB.
+- e. Anima's real size, one training step at 1024 px with the same memory options, the DiT in the
+  precision lllite picks for the device (bf16, or float32 where the GPU has no bf16), and f. Anima's
+  inference at 1024 px, phase by phase (text encoder and adapter, a guided DiT call, the VAE's decode):
+  :mod:`benches.gpu_check_anima`.
 - a. The real trainer (``lllite.train.train``) on the toy world: 50 steps with ``mixed_precision``
   fp16 (loss scaling) and bf16 (where the GPU has it), ``optimizer_type="adamw8bit"`` (or the
   trainer's fallback; which one ran is read from its checkpoint), a validation grid, sampling, and
@@ -24,7 +29,7 @@ downloaded); the toy world ships with the package.
 
     python benches/gpu_check.py                  # on a CUDA machine: all sections, budgeted for 8 minutes on a T4
     python benches/gpu_check.py --quick          # tiny models, seconds on a CPU (the tests run this)
-    python benches/gpu_check.py --cpu-estimate   # section b at 1024 px in bf16 on this CPU (~10 GiB, many minutes)
+    python benches/gpu_check.py --cpu-estimate   # sections b e f at 1024 px on this CPU (~16 GiB, an hour or more)
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from benches.common import (DTYPES, TINY_SDXL_UNET_CONFIG, BenchConfig, PeakMemo
                             controlnet_meta, cpu_has_fast_bf16, gib, interleaved, lllite_network, materialize,
                             memory_ceiling, parameter_count, parse_config, release_freed_memory, require_memory,
                             sdxl_unet_meta, summary, synchronize, timed, unet_inputs, write_results)
+from benches import gpu_check_anima as anima  # noqa: E402
 from lllite.sdxl.module import token_grid  # noqa: E402
 from lllite.precision import native_bf16  # noqa: E402
 from lllite.sdxl.names import find_targets  # noqa: E402
@@ -63,7 +69,10 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 BUDGET_S = 400
 #: Seconds of budget a compilation needs left to start (inductor takes minutes on SDXL's UNet).
 COMPILE_S = 120
-SECTIONS = {"b": "sdxl_training_memory", "a": "toy_training", "d": "fp16_numerics", "c": "sdxl_inference"}
+SECTIONS = {"b": "sdxl_training_memory", "e": "anima_training_memory", "a": "toy_training",
+            "f": "anima_inference_memory", "d": "fp16_numerics", "c": "sdxl_inference"}
+#: The sections a CPU estimate can run.
+CPU_ESTIMATE_SECTIONS = ("b", "e", "f")
 PRECISION_NAMES = {"float16": "fp16", "bfloat16": "bf16"}
 # The trainer's optimizer settings (kohya's canny recipe).
 LEARNING_RATE = 2e-4
@@ -270,6 +279,19 @@ def training_variant(unet: nn.Module, size: int, precision: str, checkpointing: 
         unet.zero_grad(set_to_none=True)
 
 
+def measure(check: Check, what: dict, run: Callable[[], dict]) -> dict:
+    """One variant of a section within the budget: its row; or ``what`` with the error (and whether it ran out of
+    memory); or why it was skipped. Memory it freed is given back either way."""
+    if check.budget.left() < 20:
+        return {"skipped": f"time budget: {check.budget.left():.0f} s left"}
+    try:
+        return run()
+    except Exception as error:
+        return {**what, "error": error_text(error), "out_of_memory": isinstance(error, torch.OutOfMemoryError)}
+    finally:
+        release_freed_memory(check.device)
+
+
 def section_b(entry: dict, check: Check) -> None:
     config, device = check.config, check.device
     options = config.options
@@ -292,17 +314,11 @@ def section_b(entry: dict, check: Check) -> None:
             for checkpointing in (True, False):
                 for optimizer_name in optimizers:
                     key = f"{PRECISION_NAMES[precision]}_{'ckpt' if checkpointing else 'no_ckpt'}_{optimizer_name}"
-                    if check.budget.left() < 20:
-                        rows[key] = {"skipped": f"time budget: {check.budget.left():.0f} s left"}
-                        continue
-                    try:
-                        rows[key] = training_variant(unet, size, precision, checkpointing, optimizer_name, config, steps)
-                    except Exception as error:  # running out of memory answers the question too
-                        out_of_memory = isinstance(error, torch.OutOfMemoryError)
-                        rows[key] = {"precision": precision, "gradient_checkpointing": checkpointing,
-                                     "optimizer": optimizer_name, "error": error_text(error),
-                                     "fits_t4": False if out_of_memory else None}
-                    release_freed_memory(device)
+                    what = {"precision": precision, "gradient_checkpointing": checkpointing, "optimizer": optimizer_name}
+                    rows[key] = measure(check, what, lambda: training_variant(
+                        unet, size, precision, checkpointing, optimizer_name, config, steps))
+                    if "error" in rows[key]:  # running out of memory answers the question too
+                        rows[key]["fits_t4"] = False if rows[key]["out_of_memory"] else None
                     row = rows[key]
                     print(f"  b {size}px {key}: " + (row.get("error") or row.get("skipped") or
                           f"{gib(row['t4_footprint_bytes'])} on a T4 ({'fits' if row['fits_t4'] else 'does not fit'}), "
@@ -654,7 +670,8 @@ def section_c(entry: dict, check: Check) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the run
-SECTION_RUNNERS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d}
+SECTION_RUNNERS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": anima.section_e,
+                   "f": anima.section_f}
 
 
 def run_section(letter: str, check: Check) -> None:
@@ -723,6 +740,10 @@ def report(results: dict) -> None:
                     print(f"    {whole['size']}px UNet: max rel error bare {whole['bare']['max_rel_error']:.2e}, "
                           f"with LLLite {whole['lllite']['max_rel_error']:.2e}, LLLite's change "
                           f"{whole['lllite_change']['max_rel_error']:.2e}")
+        elif letter in ("e", "f"):
+            for size, rows in entry.get("sizes", {}).items():
+                for name, row in rows.items():
+                    print(f"    {size}px {name:<22}{anima.describe(row)}")
         elif letter == "c":
             for size, rows in entry.get("sizes", {}).items():
                 for name, row in rows.get("variants", {}).items():
@@ -735,12 +756,13 @@ def report(results: dict) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
-                        help="which sections to run (default all, in the order b a d c)")
+                        help="which sections to run (default all, in the order b e a f d c)")
     parser.add_argument("--budget", type=float,
                         help=f"seconds the sections may take in all (default {BUDGET_S}; none with --cpu-estimate)")
     parser.add_argument("--cpu-estimate", action="store_true",
-                        help="section b alone on this CPU at 1024 px in bf16 with AdamW, one step per variant: "
-                             "the T4 estimate without a GPU (about 10 GiB free memory, many minutes)")
+                        help="sections b, e and f (those of --sections among them) on this CPU at 1024 px in bf16 "
+                             "(Anima in float32 too) with AdamW, one step per variant: the T4 and L4 estimates "
+                             "without a GPU (about 16 GiB free memory, an hour or more)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -755,7 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit("error: --cpu-estimate trains in bf16, which this CPU has no instructions for "
                      "(it would take hours); run it on a CPU with avx512_bf16 or amx_bf16")
         require_memory(config, 9)
-        options["sections"] = ["b"]
+        options["sections"] = [s for s in options["sections"] if s in CPU_ESTIMATE_SECTIONS]
     elif not config.quick:
         require_memory(config, 9)
     budget_s = options["budget"] if options["budget"] is not None else None if options["cpu_estimate"] else BUDGET_S

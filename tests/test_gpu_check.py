@@ -34,11 +34,12 @@ def finite(*values) -> bool:
 
 def test_every_section_runs_and_records_its_time(quick):
     sections = quick["results"]["sections"]
-    assert list(sections) == ["sdxl_training_memory", "toy_training", "fp16_numerics", "sdxl_inference"]
+    assert list(sections) == ["sdxl_training_memory", "anima_training_memory", "toy_training", "anima_inference_memory",
+                              "fp16_numerics", "sdxl_inference"]
     for key, entry in sections.items():
         assert entry["status"] == "ok", (key, entry.get("error"))
         assert entry["seconds"] > 0
-    assert quick["config"]["quick"] and quick["config"]["options"]["sections"] == ["b", "a", "d", "c"]
+    assert quick["config"]["quick"] and quick["config"]["options"]["sections"] == ["b", "e", "a", "f", "d", "c"]
 
 
 def test_the_toy_trainer_learns_writes_a_file_that_loads_back_and_samples(quick):
@@ -74,6 +75,29 @@ def test_the_training_step_measures_memory_per_variant_and_checkpointing_keeps_t
         assert row["fits_t4"] is True and row["t4_margin_bytes"] == entry["t4_bytes"] - row["t4_footprint_bytes"]
     # Recomputing activations changes memory, not the arithmetic of the step.
     assert rows["bf16_ckpt_adamw"]["losses"] == pytest.approx(rows["bf16_no_ckpt_adamw"]["losses"], rel=1e-3)
+
+
+def test_anima_training_step_measures_memory_with_the_t4_and_l4_verdicts(quick):
+    entry = quick["results"]["sections"]["anima_training_memory"]
+    assert set(entry["left_out"]) == {"adamw8bit"} and entry["padding_mask_resize"]
+    rows = entry["sizes"]["64"]
+    assert set(rows) == {"bf16_ckpt_adamw", "bf16_no_ckpt_adamw"}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert len(row["losses"]) == entry["steps_per_variant"] and finite(*row["losses"], row["step_s"])
+        assert row["held_bytes"] > 0 and row["rss_peak_extra_bytes"] > 0 and row["optimizer_state_bytes"] > 0
+        assert row["footprint_bytes"] > row["held_bytes"] + row["rss_peak_extra_bytes"]  # plus the CUDA context
+        assert row["fits_t4"] is True and row["fits_l4"] is True
+    assert rows["bf16_ckpt_adamw"]["losses"] == pytest.approx(rows["bf16_no_ckpt_adamw"]["losses"], rel=1e-3)
+
+
+def test_anima_inference_measures_each_phase_above_the_weights(quick):
+    row = quick["results"]["sections"]["anima_inference_memory"]["sizes"]["64"]["bfloat16"]
+    assert "error" not in row, row
+    assert set(row["phases"]) == {"text", "denoise_cfg_batch2", "vae_decode"}
+    worst = max(phase["peak_above_start_bytes"] for phase in row["phases"].values())
+    assert worst > 0 and row["footprint_bytes"] > row["weights_bytes"] + worst
+    assert row["fits_t4"] is True
 
 
 def test_fp16_numerics_of_the_136_modules_and_the_unet_are_finite_and_close_to_float32(quick):
