@@ -4,7 +4,9 @@ the trainer and the notebooks ask.
 Each family lists the half types its model computes in without overflowing, best first (its pipeline's
 ``HALF_DTYPES``): SDXL's UNet runs in float16 or bfloat16; Anima's DiT overflows in float16 (NaN or black
 images, as kohya's and ComfyUI's users report) and runs in bfloat16 only. A GPU without native bfloat16
-(a Colab T4) therefore runs SDXL in float16 and Anima in float32, which takes twice bfloat16's memory.
+(a Colab T4) therefore runs SDXL in float16 and Anima in float32, which takes twice bfloat16's memory, and then
+decodes with a tiled VAE (:func:`fit_decoder`). Whatever the type, a control image's embedding is computed in
+float32 (:func:`in_float32`).
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def in_float32(module: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
 
     PyTorch's oneDNN convolutions in bfloat16 give wrong results for some small shapes on CPUs with AMX (16 input
     channels and a 4x4 kernel of stride 4, which LLLite's conditioning uses: errors above 100% of the output),
-    while float32 is exact; float32 also keeps the embedding as kohya's float32 training computed it.
+    where float32 computes them right; float32 also keeps the embedding as kohya's float32 training computed it.
     """
     dtype = next(module.parameters()).dtype
     params = {name: tensor.float() for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
