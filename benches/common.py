@@ -31,6 +31,11 @@ from lllite.sdxl.pipeline import SDXL_UNET_CONFIG, fill_weights, sdxl_unet
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROMPT_TOKENS = 77  # one CLIP context, as SDXL pipelines pass for a short prompt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: What Colab's T4 and L4 offer, in bytes as Colab lists them (15 GB, 24 GB); a run on a GPU records its own total.
+T4_BYTES, L4_BYTES = 15 * 10**9, 24 * 10**9
+#: The CUDA context and libraries outside PyTorch's allocator, which max_memory_allocated does not see: about 0.3
+#: to 0.5 GB. Used only where it cannot be measured (a CPU estimate).
+CUDA_CONTEXT_BYTES = 512 * 2**20
 #: SDXL's UNet layout (the same blocks and transformer depths, so LLLite still has 136 modules) at a
 #: tiny width: the models of ``--quick`` runs that must take seconds on a CPU.
 TINY_SDXL_UNET_CONFIG = {**SDXL_UNET_CONFIG, "block_out_channels": [32, 64, 128], "attention_head_dim": [1, 2, 4],

@@ -50,7 +50,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lllite  # noqa: E402
-from benches.common import (DTYPES, TINY_SDXL_UNET_CONFIG, BenchConfig, PeakMemory, Timing, control_image,  # noqa: E402
+from benches.common import (CUDA_CONTEXT_BYTES, DTYPES, T4_BYTES, TINY_SDXL_UNET_CONFIG, BenchConfig, PeakMemory, Timing, control_image,  # noqa: E402
                             controlnet_meta, cpu_has_fast_bf16, gib, interleaved, lllite_network, materialize,
                             memory_ceiling, parameter_count, parse_config, release_freed_memory, require_memory,
                             sdxl_unet_meta, summary, synchronize, timed, unet_inputs, write_results)
@@ -59,11 +59,6 @@ from lllite.sdxl.module import token_grid  # noqa: E402
 from lllite.precision import native_bf16  # noqa: E402
 from lllite.sdxl.names import find_targets  # noqa: E402
 
-#: What a Colab T4 offers, as Colab lists it; a run on a GPU also records the device's own total.
-T4_BYTES = 15 * 10**9
-#: The CUDA context and libraries outside PyTorch's allocator, which max_memory_allocated does not see:
-#: about 0.3 to 0.5 GB. Used only where it cannot be measured (a CPU estimate).
-CUDA_CONTEXT_BYTES = 512 * 2**20
 #: The sections' time budget by default: the whole check must end within 8 minutes on a T4, start-up
 #: included, and a section or variant already running when the budget ends still finishes.
 BUDGET_S = 400

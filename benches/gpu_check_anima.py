@@ -23,14 +23,12 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benches.common import DTYPES, PeakMemory, gib, memory_ceiling, release_freed_memory, timed  # noqa: E402
+from benches.common import (CUDA_CONTEXT_BYTES, DTYPES, L4_BYTES, T4_BYTES, PeakMemory, gib,  # noqa: E402
+                            memory_ceiling, release_freed_memory, timed)
+from benches.realsize import QWEN3_06B, built_on_cpu, padding_mask_resize  # noqa: E402
 from lllite.precision import native_bf16  # noqa: E402
 from lllite.sdxl.pipeline import fill_weights  # noqa: E402
 
-#: Colab's two GPUs that the verdicts name, in bytes as Colab lists them.
-T4_BYTES, L4_BYTES = 15 * 10**9, 24 * 10**9
-#: The CUDA context and libraries outside PyTorch's allocator where it cannot be measured (a CPU estimate).
-CUDA_CONTEXT_BYTES = 512 * 2**20
 #: kohya's Anima recipe: learning rate 1e-4 (its recommendation), AdamW's weight decay, clipping at 1.
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-4, 0.01, 1.0
 #: Tokens per prompt after the adapter: Anima pads the adapter's output to 512 (``min_sequence_length``).
@@ -38,14 +36,6 @@ TEXT_TOKENS = 512
 #: The quick run's DiT: Anima's layout at a tiny width, 2 blocks.
 QUICK_TRANSFORMER = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, adaln_lora_dim=16,
                          text_embed_dim=64)
-
-
-def use_resize_stand_in() -> str:
-    """Real Anima's DiT resizes its padding mask with torchvision; where torchvision is missing (this machine's
-    CPU torch has no matching wheel), a plain nearest interpolate stands in. Which one ran."""
-    from benches.realsize import needs_resize_double
-
-    return "a stand-in: nearest interpolate (torchvision is not installed)" if needs_resize_double() else "torchvision"
 
 
 def precisions(device: str, cpu_estimate: bool) -> tuple[list[str], dict[str, str]]:
@@ -173,7 +163,7 @@ def section_e(entry: dict, check) -> None:
     if cpu_estimate:
         left_out["no_gradient_checkpointing"] = "not estimated on the CPU: its activations exceed this machine's memory"
     steps = 1 if cpu_estimate else 1 + config.warmup
-    entry.update(padding_mask_resize=use_resize_stand_in(), left_out=left_out, steps_per_variant=steps, batch=1,
+    entry.update(padding_mask_resize=padding_mask_resize(), left_out=left_out, steps_per_variant=steps, batch=1,
                  t4_bytes=T4_BYTES, l4_bytes=L4_BYTES, sizes={})
     for size in config.sizes:
         rows = entry["sizes"][str(size)] = {}
@@ -197,7 +187,6 @@ def text_models(config, dtype: str, seed: int = 2) -> tuple[nn.Module, nn.Module
     from diffusers import AnimaTextConditioner
     from transformers import Qwen3Config, Qwen3Model
 
-    from benches.realsize import QWEN3_06B
     from lllite.anima.pipeline import REAL_ANIMA
 
     qwen = dict(QWEN3_06B)
@@ -207,26 +196,17 @@ def text_models(config, dtype: str, seed: int = 2) -> tuple[nn.Module, nn.Module
                     num_key_value_heads=2, head_dim=32, vocab_size=1024)
         adapter.update(source_dim=64, target_dim=QUICK_TRANSFORMER["text_embed_dim"], model_dim=64, num_layers=1,
                        num_attention_heads=2, target_vocab_size=256)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPES[dtype])
-    try:  # built on the CPU: their rotary frequencies are buffers computed at init
-        encoder, conditioner = Qwen3Model(Qwen3Config(**qwen)), AnimaTextConditioner(**adapter)
-    finally:
-        torch.set_default_dtype(default)
-    return tuple(fill_weights(m, seed + i).to(config.device).eval().requires_grad_(False)
-                 for i, m in enumerate((encoder, conditioner)))
+    # built on the CPU: their rotary frequencies are buffers computed at init
+    encoder = built_on_cpu(lambda: Qwen3Model(Qwen3Config(**qwen)), DTYPES[dtype], seed)
+    conditioner = built_on_cpu(lambda: AnimaTextConditioner(**adapter), DTYPES[dtype], seed + 1)
+    return tuple(m.to(config.device).requires_grad_(False) for m in (encoder, conditioner))
 
 
 def vae_model(config, dtype: str) -> nn.Module:
     from diffusers import AutoencoderKLQwenImage
 
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPES[dtype])
-    try:
-        vae = AutoencoderKLQwenImage(base_dim=16) if config.quick else AutoencoderKLQwenImage()
-    finally:
-        torch.set_default_dtype(default)
-    return fill_weights(vae, 4).to(config.device).eval().requires_grad_(False)
+    vae = built_on_cpu(lambda: AutoencoderKLQwenImage(**({"base_dim": 16} if config.quick else {})), DTYPES[dtype], 4)
+    return vae.to(config.device).requires_grad_(False)
 
 
 def inference_phases(config, dtype: str, size: int) -> dict:
@@ -282,7 +262,7 @@ def section_f(entry: dict, check) -> None:
 
     config = check.config
     dtypes, left_out = precisions(config.device, bool(config.options.get("cpu_estimate")))
-    entry.update(padding_mask_resize=use_resize_stand_in(), left_out=left_out, sizes={})
+    entry.update(padding_mask_resize=padding_mask_resize(), left_out=left_out, sizes={})
     for size in config.sizes:
         rows = entry["sizes"][str(size)] = {}
         for dtype in dtypes:

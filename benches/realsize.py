@@ -79,6 +79,11 @@ def needs_resize_double() -> bool:
     return True
 
 
+def padding_mask_resize() -> str:
+    """What resizes real Anima's padding mask in this run, the stand-in installed where needed."""
+    return "a stand-in: nearest interpolate (torchvision is not installed)" if needs_resize_double() else "torchvision"
+
+
 PARTS = ("load", "network", "file", "generate_1024", "generate_512", "img2img", "train", "notebook")
 PROMPT = "a red circle"
 
@@ -95,7 +100,7 @@ def _materialize(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> torc
     return module.eval()
 
 
-def _on_cpu(build: Callable[[], torch.nn.Module], dtype: torch.dtype, seed: int) -> torch.nn.Module:
+def built_on_cpu(build: Callable[[], torch.nn.Module], dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """A module built on the CPU in ``dtype`` (its buffers computed as at init), then random weights: for the
     text encoders and the LLM adapter, which hold position ids and rotary frequencies."""
     default = torch.get_default_dtype()
@@ -121,8 +126,8 @@ def build_sdxl(folder: Path, dtype: torch.dtype = torch.bfloat16, seed: int = 0)
         unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
         vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG)
     models = [_materialize(m, dtype, seed + i) for i, m in enumerate((unet, vae))]
-    models.append(_on_cpu(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG, **ids)), dtype, seed + 2))
-    models.append(_on_cpu(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_CONFIG, **ids)), dtype, seed + 3))
+    models.append(built_on_cpu(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG, **ids)), dtype, seed + 2))
+    models.append(built_on_cpu(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG_CONFIG, **ids)), dtype, seed + 3))
     pipe = StableDiffusionXLPipeline(unet=models[0], vae=models[1], text_encoder=models[2], text_encoder_2=models[3],
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=make_scheduler(),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
@@ -141,10 +146,10 @@ def build_anima(folder: Path, dtype: torch.dtype = torch.bfloat16, seed: int = 0
 
     tokenizer, t5_tokenizer = make_qwen_tokenizer(), make_t5_tokenizer()
     transformer = _materialize(anima_transformer(), dtype, seed)  # built on the meta device
-    text_conditioner = _on_cpu(lambda: AnimaTextConditioner(**REAL_ANIMA["text_conditioner"]), dtype, seed + 1)
-    text_encoder = _on_cpu(lambda: Qwen3Model(Qwen3Config(**QWEN3_06B, pad_token_id=tokenizer.pad_token_id)),
+    text_conditioner = built_on_cpu(lambda: AnimaTextConditioner(**REAL_ANIMA["text_conditioner"]), dtype, seed + 1)
+    text_encoder = built_on_cpu(lambda: Qwen3Model(Qwen3Config(**QWEN3_06B, pad_token_id=tokenizer.pad_token_id)),
                            dtype, seed + 2)
-    vae = _on_cpu(AutoencoderKLQwenImage, dtype, seed + 3)  # small (0.25 B)
+    vae = built_on_cpu(AutoencoderKLQwenImage, dtype, seed + 3)  # small (0.25 B)
     pipe = AnimaAutoBlocks().init_pipeline()
     pipe.update_components(transformer=transformer, text_conditioner=text_conditioner, text_encoder=text_encoder, vae=vae,
                            tokenizer=tokenizer, t5_tokenizer=t5_tokenizer, scheduler=make_scheduler())
@@ -310,8 +315,7 @@ def run_family(family: str, folder: Path, parts=PARTS, json_path: Path | None = 
     folder = Path(folder)
     run = Run(family, folder, json_path)
     if family == "anima":  # real Anima's DiT resizes its padding mask with torchvision
-        run.results["padding_mask_resize"] = ("torchvision" if not needs_resize_double()
-                                              else "a stand-in: nearest interpolate (torchvision is not installed)")
+        run.results["padding_mask_resize"] = padding_mask_resize()
     if build and not folder.exists():
         if "error" in run.part("build", lambda run: {"gib_on_disk": _build(family, folder)}):
             print(f"{family} build: {run.results['parts']['build']['error']}", flush=True)
