@@ -27,10 +27,8 @@ def _demo(args: argparse.Namespace) -> int:
             settings[name] = getattr(args, name)
     config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     result = run_demo(config)
-    print(f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in result.strength_iou.items())}")
-    processes = f" ({result.train_processes} processes)" if result.train_processes > 1 else ""
-    print(f"trained {result.train_steps} steps in {result.train_seconds:.0f} s{processes}; total {result.total_seconds:.0f} s")
     print(f"wrote {result.out}/metrics.json, comparison.png, iou_vs_strength.png and {result.weights}")
+    print("\n".join(result.summary()))  # the IoU by strength; the scores at strength 1 beside steps and steps/s
     return 0
 
 

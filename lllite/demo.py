@@ -11,12 +11,17 @@ held-out shapes at several strengths and scores each image by the IoU between th
 the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, which puts the shape
 anywhere: its IoU is the chance level the control has to beat.
 
-Outputs in ``--out``: ``metrics.json``, ``comparison.png`` (control, target, one column per strength),
-``iou_vs_strength.png``, the trained ``train/lllite_toy_canny.safetensors`` and its loss curve.
+Outputs in ``--out``: ``metrics.json`` (:class:`DemoResult`: the IoU and edge F-score by strength beside the
+steps done, the training loop's seconds, steps and samples per second, and the machine),
+``comparison.png`` (control, target, one column per strength), ``iou_vs_strength.png``, the trained
+``train/lllite_toy_canny.safetensors`` and its loss curve. ``benches/iou_vs_steps.py`` measures how the IoU
+grows with the steps, for what a faster machine would give.
 """
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -88,17 +93,17 @@ class DemoConfig:
 
     def toy_recipe(self):
         """The family's toy recipe with this demo's data, budget, batch, compile and seed, and :attr:`recipe`'s changes."""
-        shared = dict(train_samples=self.train_samples, max_train_seconds=self.max_train_seconds,
-                      max_train_steps=self.max_train_steps, train_batch_size=self.train_batch_size,
-                      compile=self.compile, seed=self.seed)
+        shared = {"train_samples": self.train_samples, "max_train_seconds": self.max_train_seconds,
+                  "max_train_steps": self.max_train_steps, "train_batch_size": self.train_batch_size,
+                  "compile": self.compile, "seed": self.seed}
         return families.get(self.model, "model").role("toy").ToyRecipe(**shared, **self.recipe)
 
     @classmethod
-    def quick(cls, **changes) -> "DemoConfig":
+    def quick(cls, **changes) -> DemoConfig:
         """A smoke-test setting: a handful of samples and steps; the numbers mean nothing. ``changes`` may name
         the demo's fields and the toy recipe's (those go into :attr:`recipe`)."""
-        settings = dict(train_samples=16, eval_samples=4, max_train_steps=3, train_batch_size=4,
-                        num_inference_steps=4, grid_rows=2, processes=1)
+        settings = {"train_samples": 16, "eval_samples": 4, "max_train_steps": 3, "train_batch_size": 4,
+                    "num_inference_steps": 4, "grid_rows": 2, "processes": 1}
         settings.update(changes)
         own = {f.name for f in fields(cls)}
         recipe = {**settings.pop("recipe", {}), **{k: settings.pop(k) for k in list(settings) if k not in own}}
@@ -107,16 +112,67 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
+    """What the demo measured, as ``metrics.json`` holds it.
+
+    Attributes:
+        strength_iou, strength_iou_std, strength_iou_by_colour: the mean shape IoU at each strength (keys
+            ``"0.0"`` to ``"1.0"``), its standard deviation over the held-out shapes, and its mean per colour.
+        strength_edge_f: the mean edge F-score of each strength (:mod:`lllite.evaluate`).
+        weights: the trained network's file.
+        train_seconds: time in the training loop (not the data, the caching or the evaluation).
+        train_steps: optimizer steps done.
+        train_processes: processes that trained together.
+        steps_per_second: ``train_steps / train_seconds`` (before rounding).
+        samples_per_second: training samples per second: steps times the batch of every process together.
+        machine: where it trained (:func:`machine`).
+        total_seconds: the whole demo, evaluation included.
+    """
+
     strength_iou: dict[str, float]
     strength_iou_std: dict[str, float]
     strength_iou_by_colour: dict[str, dict[str, float]]
+    strength_edge_f: dict[str, float]
     weights: str
     train_seconds: float
     train_steps: int
     train_processes: int
+    steps_per_second: float
+    samples_per_second: float
+    machine: dict
     total_seconds: float
     out: str
     config: dict = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        """The lines the demo command ends with: the IoU by strength, then the scores at the highest strength
+        next to the steps done and their speed."""
+        top = max(self.strength_iou, key=float)
+        threads = self.machine["threads"]
+        who = f"{self.train_processes} processes x {threads} thread" if self.train_processes > 1 else f"{threads} thread"
+        scores = f"shape IoU {self.strength_iou[top]:.3f}, edge F-score {self.strength_edge_f[top]:.3f}"
+        steps = (f"{self.train_steps} steps in {self.train_seconds:.0f} s ({self.steps_per_second:.2f} steps/s, "
+                 f"{self.samples_per_second:.1f} samples/s; {who}{'s' if threads > 1 else ''})")
+        return [f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in self.strength_iou.items())}",
+                f"strength {float(top):g}: {scores} after {steps}; total {self.total_seconds:.0f} s"]
+
+
+def machine(processes: int) -> dict:
+    """Where the demo trains: torch's threads per process, the processes, the CPU (its model name from
+    /proc/cpuinfo, else ``platform.processor()``), its cores, and the GPU where training used one."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"threads": torch.get_num_threads(), "processes": processes, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def speed(result: TrainResult, total_batch: int) -> dict[str, float]:
+    """Steps and samples per second of a run's training loop (0 where it took no time)."""
+    per_second = result.steps / result.train_seconds if result.train_seconds > 0 else 0.0
+    return {"steps_per_second": round(per_second, 3), "samples_per_second": round(per_second * total_batch, 2)}
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -174,23 +230,31 @@ def run_demo(config: DemoConfig, pipe=None) -> DemoResult:
         torch.set_num_threads(threads)
 
 
-def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
-    out = Path(config.out)
-    recipe = config.toy_recipe()
-    _prepare(out, config.overwrite)
-    family = families.get(config.model)
-    if pipe is None:
-        pipe = auto.load_pipeline(TOY, model_family=family.name)
-    size = recipe.size
-    batch_size = config.train_batch_size
+@dataclass
+class Trained:
+    """A demo's training: the run's result, the processes that trained and the samples of one step (every
+    process's batch together)."""
 
-    # 1. The shapes dataset in kohya's layout: images, captions, canny controls.
+    result: TrainResult
+    processes: int
+    total_batch: int
+
+
+def train_demo(config: DemoConfig, pipe, out: Path, **train_changes) -> Trained:
+    """Write the shapes dataset into ``out / "data"`` and train the demo's network into ``out / "train"`` with
+    the family's toy recipe, in ``config.processes`` processes (one on a CUDA GPU, on the same total batch).
+
+    Args:
+        train_changes: :class:`lllite.train.TrainConfig` settings that the recipe does not have, e.g.
+            ``save_every_n_steps`` (benches/iou_vs_steps.py).
+    """
+    recipe = config.toy_recipe()
+    size, batch_size = recipe.size, config.train_batch_size
+    # The shapes dataset in kohya's layout: images, captions, canny controls.
     data = write_dataset(out / "data", config.train_samples, seed=config.seed, size=size)
     dataset = DatasetConfig([SubsetConfig(data / "images", data / "conditioning")], resolution=size,
                             batch_size=batch_size, enable_bucket=False)
-
-    # 2. Train within the time budget.
-    settings = recipe.training_settings()
+    settings = {**recipe.training_settings(), **train_changes}
     processes = config.processes
     if processes > 1 and torch.cuda.is_available():
         settings["train_batch_size"], processes = batch_size * processes, 1
@@ -200,17 +264,43 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         result = _train_in_processes(train_config, pipe, processes, config.threads)
     else:
         result = train(train_config, pipe)
-    network = result.network
+    total_batch = settings["train_batch_size"] * processes * train_config.gradient_accumulation_steps
+    return Trained(result, processes, total_batch)
 
-    # 3. Held-out controls at every strength, scored by shape IoU.
-    held_out = eval_samples(config.eval_samples, seed=config.seed, size=size)
-    rows = min(config.grid_rows, len(held_out))
-    fidelity = fidelity_by_strength(pipe, network, held_out, multipliers=config.multipliers,
+
+def evaluate_demo(config: DemoConfig, pipe, network, multipliers=None, keep_images: int = 0, progress: bool = True):
+    """The demo's evaluation of ``network``: its held-out shapes (``config.eval_samples``, seeded by
+    ``config.seed``) at ``multipliers`` (by default ``config.multipliers``).
+
+    Returns:
+        ``(held_out, fidelity)``: the samples and their :class:`lllite.evaluate.Fidelity`.
+    """
+    held_out = eval_samples(config.eval_samples, seed=config.seed, size=config.toy_recipe().size)
+    fidelity = fidelity_by_strength(pipe, network, held_out,
+                                    multipliers=config.multipliers if multipliers is None else multipliers,
                                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                                    batch_size=16, keep_images=rows)
+                                    batch_size=16, keep_images=keep_images, progress=progress)
+    return held_out, fidelity
+
+
+def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
+    out = Path(config.out)
+    recipe = config.toy_recipe()
+    _prepare(out, config.overwrite)
+    family = families.get(config.model)
+    if pipe is None:
+        pipe = auto.load_pipeline(TOY, model_family=family.name)
+
+    # 1. The data, and training within the time budget.
+    trained = train_demo(config, pipe, out)
+    result, network = trained.result, trained.result.network
+
+    # 2. Held-out controls at every strength, scored by shape IoU and edge F-score.
+    rows = min(config.grid_rows, config.eval_samples)
+    held_out, fidelity = evaluate_demo(config, pipe, network, keep_images=rows)
     network.remove()
 
-    # 4. Pictures and numbers.
+    # 3. Pictures and numbers.
     keys = [str(m) for m in fidelity.multipliers]
     means, stds = fidelity.means("iou"), fidelity.stds("iou")
     grid_rows = [[Image.fromarray(canny(sample.image)), Image.fromarray(sample.image)]
@@ -225,10 +315,13 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         strength_iou=dict(zip(keys, means)),
         strength_iou_std=dict(zip(keys, stds)),
         strength_iou_by_colour=dict(zip(keys, fidelity.by_colour("iou").values())),
+        strength_edge_f=dict(zip(keys, fidelity.means("edge_f"))),
         weights=str(result.weights),
-        train_seconds=round(result.train_seconds, 1),
+        train_seconds=round(result.train_seconds, 2),
         train_steps=result.steps,
-        train_processes=processes,
+        train_processes=trained.processes,
+        **speed(result, trained.total_batch),
+        machine=machine(trained.processes),
         total_seconds=round(time.monotonic() - started, 1),
         out=str(out),
         config={**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},

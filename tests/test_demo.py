@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -19,6 +20,14 @@ def quick(out, **changes) -> DemoConfig:
     return DemoConfig.quick(out=str(out), size=64, cond_emb_dim=8, network_dim=8, **changes)
 
 
+def assert_speed_is_consistent(metrics: dict, total_batch: int) -> None:
+    """steps_per_second is the steps over the training loop's seconds, as far as their rounding allows, and
+    samples_per_second that times every process's batch together."""
+    steps, seconds = metrics["train_steps"], metrics["train_seconds"]  # seconds rounded to 0.01
+    assert steps / (seconds + 0.005) - 0.001 <= metrics["steps_per_second"] <= steps / (seconds - 0.005) + 0.001
+    assert math.isclose(metrics["samples_per_second"], metrics["steps_per_second"] * total_batch, abs_tol=0.01)
+
+
 def test_the_quick_demo_writes_metrics_weights_grid_and_plot(tmp_path):
     pipe = build_pipeline("test")
     result = run_demo(quick(tmp_path), pipe)
@@ -29,6 +38,11 @@ def test_the_quick_demo_writes_metrics_weights_grid_and_plot(tmp_path):
     assert set(metrics["strength_iou_by_colour"]["1.0"]) <= {"red", "green", "blue", "yellow"}
     assert metrics["train_steps"] == 3 and metrics["train_seconds"] > 0
     assert metrics["total_seconds"] >= metrics["train_seconds"]
+    assert_speed_is_consistent(metrics, total_batch=4)
+    assert metrics["machine"]["threads"] == 1 and metrics["machine"]["processes"] == 1
+    assert metrics["machine"]["cpu"] and metrics["machine"]["cpu_count"] >= 1
+    assert list(metrics["strength_edge_f"]) == list(metrics["strength_iou"])
+    assert all(0.0 <= v <= 1.0 for v in metrics["strength_edge_f"].values())
     assert len(lllite.load(metrics["weights"])) == len(find_targets(pipe.unet, up_path=True))
     grid = Image.open(tmp_path / "comparison.png")
     assert grid.width > 7 * 64 and grid.height > 2 * 64  # control, target, 5 strengths; 2 rows
@@ -51,6 +65,12 @@ def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, cap
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
+    # The last line: the scores at strength 1 beside the steps done and their speed, as metrics.json has them.
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith(f"strength 1: shape IoU {metrics['strength_iou']['1.0']:.3f}, "
+                           f"edge F-score {metrics['strength_edge_f']['1.0']:.3f} after 3 steps in ")
+    assert f"({metrics['steps_per_second']:.2f} steps/s, {metrics['samples_per_second']:.1f} samples/s; 1 thread)" in last
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
     assert "error: " in capsys.readouterr().err
 
@@ -63,7 +83,9 @@ def test_two_training_processes_write_one_network_that_the_demo_evaluates(tmp_pa
         "lllite_toy_canny.safetensors", "loss.png"]
     network = lllite.load(result.weights)
     assert any(m.up[0].weight.abs().max() > 0 for _, m in network.lllite_modules())  # it trained
-    assert json.loads((tmp_path / "metrics.json").read_text())["train_processes"] == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_processes"] == 2 and metrics["machine"]["processes"] == 2
+    assert_speed_is_consistent(metrics, total_batch=2 * 4)  # two processes of batch 4
 
 
 def test_the_demo_refuses_zero_processes_or_threads(tmp_path):
