@@ -15,6 +15,7 @@ Both become tensors of a fixed shape that a compiled UNet reads (keyframes padde
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from numbers import Real
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -138,6 +139,22 @@ def token_masks(mask: torch.Tensor, latent_size: tuple[int, int], depth: int) ->
     return F.adaptive_avg_pool2d(mask.float(), grid).flatten(2).transpose(1, 2)
 
 
+class _Quiet:
+    """How many model calls made on a network's behalf (v3's reference forward) are running: none acts in them."""
+
+    depth = 0
+
+
+@contextmanager
+def networks_quiet():
+    """No LLLite network acts on the model calls made inside (the frozen DiT's reference forward of a v3 network)."""
+    _Quiet.depth += 1
+    try:
+        yield
+    finally:
+        _Quiet.depth -= 1
+
+
 #: Room for the scheduler's timesteps on the device; padding with +inf keeps the step count out of the graph's shapes.
 _TIMESTEP_SLOTS = 1000
 _START, _END, _STEPS = range(3)  # the slots of ControlledNetwork._controls
@@ -252,6 +269,21 @@ class ControlledNetwork(nn.Module):
     def file_metadata(self) -> dict[str, str]:
         """The metadata the family's files carry of the network's architecture."""
         raise NotImplementedError
+
+    def check_weights(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> None:
+        """Refuse weights written for another kind of this family's network before loading them, naming what differs
+        (:class:`lllite.fileformat.LLLiteFileError`); every kind of a family whose files hold only one accepts all."""
+
+    def record_gates(self, on: bool = True) -> None:
+        """Keep the gates of each model call, for :meth:`gate_maps`: only networks whose modules gate their change
+        (Anima's v3) have them."""
+        raise LLLiteError(f"{type(self).__name__} has no gates to record: gates belong to Anima's v3 networks "
+                          "(lllite.gate 'scalar' or 'vector')")
+
+    def gate_maps(self) -> dict[str, torch.Tensor]:
+        """Each module's gate of the last model call on the token grid, (B, rows, cols), while :meth:`record_gates`
+        is on; none for networks without gates."""
+        return {}
 
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) rows that describe the network (``python -m lllite inspect``), parameters last."""
@@ -500,7 +532,7 @@ class ControlledNetwork(nn.Module):
     def _before_time(self, time_module: nn.Module, args: tuple) -> None:
         """This step's scale at each depth, strength x step gate x mask, from the timestep on the device:
         the tensor every module of that depth multiplies its change by."""
-        if self._image is None or not self._token_masks:
+        if self._image is None or not self._token_masks or _Quiet.depth:
             return
         progress, gate = self._step_gate(args[0])
         self._gate = gate
@@ -523,7 +555,7 @@ class ControlledNetwork(nn.Module):
 
     def _change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This network's change to the input ``x`` of the Linear ``name``, and the scale it is multiplied by."""
-        if self._image is None:
+        if self._image is None or _Quiet.depth:
             return None
         self._acted = True
         if not torch.compiler.is_compiling() and not any(strength for _, strength in self._keyframes):

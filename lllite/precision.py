@@ -78,9 +78,10 @@ def mixed_precision(requested: str, half_dtypes: tuple[torch.dtype, ...], device
                   "in fp16; training in float32 instead (twice bf16's memory for the frozen model)")
 
 
-def in_float32(module: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """``module(image)`` computed in float32 whatever the module's dtype and any autocast, returned in the module's
-    dtype: for the small convolution stacks that embed a control image (once per image, a negligible cost).
+def in_float32(module: torch.nn.Module, image: torch.Tensor, *more) -> torch.Tensor:
+    """``module(image, *more)`` computed in float32 whatever the module's dtype and any autocast, returned in the
+    module's dtype: for the small convolution stacks that embed a control image (once per image, a negligible
+    cost). Tensors among ``more`` are cast to float32 too; anything else is passed as it is.
 
     PyTorch's oneDNN convolutions in bfloat16 give wrong results for some small shapes on CPUs with AMX (16 input
     channels and a 4x4 kernel of stride 4, which LLLite's conditioning uses: errors above 100% of the output),
@@ -90,8 +91,9 @@ def in_float32(module: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     params = {name: tensor.float() for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
     device = image.device.type
     no_autocast = torch.autocast(device, enabled=False) if device in AUTOCAST_DEVICES else nullcontext()
+    inputs = (image.float(), *(m.float() if isinstance(m, torch.Tensor) else m for m in more))
     with no_autocast:
-        out = torch.func.functional_call(module, params, (image.float(),))
+        out = torch.func.functional_call(module, params, inputs)
     return out.to(dtype)
 
 

@@ -115,6 +115,7 @@ def test_file_keys_shapes_and_metadata_are_kohyas(anima_transformer, tmp_path):
         "lllite.target_layers": "self_attn_qkv", "lllite.target_atomics": "self_attn_q_pre,self_attn_kv_pre",
         "lllite.cond_dim": "64", "lllite.cond_resblocks": "1", "lllite.use_aspp": "true",
         "lllite.aspp_dilations": "1,2,4,8", "lllite.cond_in_channels": "3", "lllite.inpaint_masked_input": "false",
+        "lllite.cond_input_space": "pixel", "lllite.trunk": "stem",  # kohya's trainer writes both on every file
     }
 
 
@@ -151,9 +152,15 @@ def test_a_legacy_file_is_refused_by_name(tmp_path):
 
 
 def test_a_later_version_is_refused_by_name(anima_transformer, tmp_path):
+    path = create_network(anima_transformer).save(tmp_path / "n.safetensors", metadata={"lllite.version": "4"})
+    with pytest.raises(LLLiteFileError, match="lllite.version='4'"):
+        lllite.load(path)
+
+
+def test_a_stem_file_that_claims_the_semantic_trunk_is_refused_naming_the_key(anima_transformer, tmp_path):
     path = create_network(anima_transformer).save(tmp_path / "n.safetensors", metadata={"lllite.version": "3",
                                                                                       "lllite.trunk": "semantic"})
-    with pytest.raises(LLLiteFileError, match="version 2"):
+    with pytest.raises(LLLiteFileError, match="lllite.trunk='semantic'"):
         lllite.load(path)
 
 

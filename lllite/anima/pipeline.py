@@ -237,7 +237,12 @@ def encode_images(pipe, pixels: torch.Tensor) -> torch.Tensor:
         (B, 16, H/8, W/8): the posterior's mean (diffusers' image-to-image step encodes the same way), normalised
         by the VAE config's per-channel ``latents_mean`` / ``latents_std``.
     """
-    vae = pipe.vae
+    return encode_with(pipe.vae, pixels)
+
+
+def encode_with(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`encode_images` with a VAE (``AutoencoderKLQwenImage``) rather than a pipeline: kohya's latents of
+    control images for v2.1 / v3 LLLite networks are normalised the same way."""
     frames = pixels.to(device=vae.device, dtype=vae.dtype).unsqueeze(2)
     latents = vae.encode(frames).latent_dist.mode()
     mean, std = _latent_statistics(vae, latents)
