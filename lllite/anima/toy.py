@@ -27,11 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import (AnimaAutoBlocks, AnimaTextConditioner, AutoencoderKLQwenImage, CosmosTransformer3DModel,
-                       FlowMatchEulerDiscreteScheduler)
+from diffusers import (
+    AnimaAutoBlocks,
+    AnimaTextConditioner,
+    AutoencoderKLQwenImage,
+    CosmosTransformer3DModel,
+    FlowMatchEulerDiscreteScheduler,
+)
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model, T5TokenizerFast
 
-from lllite.anima.pipeline import MODULAR_INDEX, REAL_ANIMA, disable_progress_bars, load_pipeline
+from lllite.anima.config import TRAINING_OPTIONS
+from lllite.anima.pipeline import (
+    MODULAR_INDEX,
+    REAL_ANIMA,
+    disable_progress_bars,
+    load_pipeline,
+)
 from lllite.errors import InputMissingError
 from lllite.toy import TOY
 from lllite.toy.recipe import Recipe
@@ -239,8 +250,24 @@ class ToyRecipe(Recipe):
     timestep_sampling: str = "sigmoid"
     lllite_target_layers: str = "self_attn_q_pre,self_attn_kv_pre,cross_attn_q_pre,mlp_fc1_pre"
     lllite_cond_dim: int = 64
+    lllite_cond_input: str = "pixel"
+    lllite_trunk: str = "stem"
+    lllite_ref_block: str | None = None
+    lllite_ref_context: str = "zero"
+    lllite_gate: str = "scalar"
+
+    @classmethod
+    def architecture(cls, kind: str, **changes) -> "ToyRecipe":
+        """The recipe for kohya's architecture ``kind``: ``"v2"`` (pixel stem, the default), ``"v2.1"`` (latent stem)
+        or ``"v3"`` (semantic trunk, its defaults: the middle block, zero context, scalar gate)."""
+        if kind not in TRAINING_OPTIONS:
+            raise ValueError(f"architecture {kind!r}: give one of {', '.join(TRAINING_OPTIONS)}")
+        return cls(**{**TRAINING_OPTIONS[kind], **changes})
 
     def training_settings(self) -> dict:
         """The :class:`lllite.train.TrainConfig` settings of this recipe (all but the dataset and output folder)."""
         return dict(self.shared_settings(), model_family="anima", output_name="lllite_toy_anima_canny",
-                    lllite_target_layers=self.lllite_target_layers, lllite_cond_dim=self.lllite_cond_dim)
+                    lllite_target_layers=self.lllite_target_layers, lllite_cond_dim=self.lllite_cond_dim,
+                    lllite_cond_input=self.lllite_cond_input, lllite_trunk=self.lllite_trunk,
+                    lllite_ref_block=self.lllite_ref_block, lllite_ref_context=self.lllite_ref_context,
+                    lllite_gate=self.lllite_gate)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import TrainError
+from ..errors import LLLiteError, TrainError
 from ..images import random_region_masks, region_mask, to_mask_tensor
 from ..objective import Draw
 from ..precision import mixed_precision
@@ -19,7 +19,13 @@ from .config import AnimaLLLiteConfig
 from .module import inpaint_condition
 from .network import AnimaLLLiteNetwork, create_network
 from .objective import loss_weights, noisy_latents, sample_sigmas, velocity
-from .pipeline import HALF_DTYPES, encode_images, encode_prompts, is_pipeline, transformer_inputs
+from .pipeline import (
+    HALF_DTYPES,
+    encode_images,
+    encode_prompts,
+    is_pipeline,
+    transformer_inputs,
+)
 
 #: The ``TrainConfig`` options only Anima's training reads (kohya's Anima options); another family refuses them
 #: when they are not at their defaults.
@@ -75,6 +81,8 @@ class Training:
     def control(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The control the network reads in this step: the conditioning image, or for an inpainting network
         the conditioning image and a mask drawn for each sample (as kohya's trainer draws them)."""
+        if "control_latents" in batch:  # v2.1 / v3: the cached latent of the control image
+            return batch["control_latents"]
         image = batch["conditioning_image"]
         if self.config.lllite_cond_in_channels != 4:
             return image
@@ -105,13 +113,31 @@ class Training:
         if self.config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
 
-    def create_network(self) -> AnimaLLLiteNetwork:
+    def network_config(self) -> AnimaLLLiteConfig:
+        """The architecture the run's options ask for (kohya's option names; a wrong value is named)."""
         c = self.config
-        return create_network(self.denoiser, AnimaLLLiteConfig(
-            cond_emb_dim=c.cond_emb_dim, network_dim=c.network_dim, target_layers=c.lllite_target_layers,
-            cond_dim=c.lllite_cond_dim, cond_resblocks=c.lllite_cond_resblocks, use_aspp=c.lllite_use_aspp,
-            dropout=c.lllite_dropout, cond_in_channels=c.lllite_cond_in_channels,
-            inpaint_masked_input=c.lllite_inpaint_masked_input))
+        try:
+            return AnimaLLLiteConfig(
+                cond_emb_dim=c.cond_emb_dim, network_dim=c.network_dim, target_layers=c.lllite_target_layers,
+                cond_dim=c.lllite_cond_dim, cond_resblocks=c.lllite_cond_resblocks, use_aspp=c.lllite_use_aspp,
+                dropout=c.lllite_dropout, cond_in_channels=c.lllite_cond_in_channels,
+                inpaint_masked_input=c.lllite_inpaint_masked_input, cond_input_space=c.lllite_cond_input,
+                trunk=c.lllite_trunk, ref_block=c.lllite_ref_block, ref_timestep=c.lllite_ref_timestep,
+                ref_context=c.lllite_ref_context, gate=c.lllite_gate)
+        except LLLiteError as error:
+            raise TrainError(f"Anima LLLite options: {error}") from None
+
+    @property
+    def caches_control_latents(self) -> bool:
+        """Whether the dataset caches the control images' latents: a network reading latents, whose control does not
+        change from step to step (an inpainting network's does: its masks are drawn every step)."""
+        c = self.config
+        return c.lllite_cond_input == "latent" and c.lllite_cond_in_channels == 3
+
+    def create_network(self) -> AnimaLLLiteNetwork:
+        network = create_network(self.denoiser, self.network_config())
+        network.set_encoders(self.pipe.vae, self.pipe.text_conditioner)
+        return network
 
     def prepare(self, device: torch.device) -> None:
         pass

@@ -77,16 +77,24 @@ class CachedSamples:
     items: list
     _latents: TensorCache | None
     _latent_keys: dict[tuple[int, bool], str]
+    _control_latents: TensorCache | None
+    _control_latent_keys: dict[tuple[int, bool], str]
     _texts: TensorCache | None
     _text_keys: dict[str, str]
 
     def _image_tensor(self, index: int, flip: bool) -> torch.Tensor:
         raise NotImplementedError
 
+    def _conditioning_tensor(self, index: int, flip: bool) -> torch.Tensor:
+        raise NotImplementedError
+
     @torch.no_grad()
     def cache_latents(self, vae, cache_dir: str | Path | None = None, batch_size: int = 4, progress: bool = True,
-                      encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+                      encode: Callable[[torch.Tensor], torch.Tensor] | None = None, source: str = "image") -> int:
         """Encode every training image once with ``vae``; samples then hold ``latents`` instead of ``image``.
+
+        With ``source="conditioning"`` the conditioning images are encoded instead, for networks that read the
+        control's latent (Anima's v2.1 and v3): samples then hold ``control_latents`` beside ``conditioning_image``.
 
         By default latents are the mean of the VAE's distribution times its ``scaling_factor`` (0.13025 for
         SDXL), as diffusers' ``AutoencoderKL`` gives them.
@@ -104,17 +112,20 @@ class CachedSamples:
         Returns:
             How many images were encoded (not found in the cache).
         """
+        if source not in ("image", "conditioning"):
+            raise ValueError(f"source must be 'image' or 'conditioning', got {source!r}")
         store = TensorCache(cache_dir)
         model = fingerprint_module(vae)
+        render = self._image_tensor if source == "image" else self._conditioning_tensor
         file_hashes: dict[Path, str] = {}
         todo: dict[str, tuple[int, bool]] = {}
         keys = {}
         for index, item in enumerate(self.items):
-            path = item.pair.image
+            path = item.pair.image if source == "image" else item.pair.conditioning
             if path not in file_hashes:
                 file_hashes[path] = _hash_bytes(path.read_bytes())
             for flip in ((False, True) if item.subset.flip_aug else (False,)):
-                key = _hash_text(json.dumps([model, file_hashes[path], list(item.placement.resized), list(item.placement.crop_top_left), list(item.placement.target), flip]))
+                key = _hash_text(json.dumps([*([] if source == "image" else [source]), model, file_hashes[path], list(item.placement.resized), list(item.placement.crop_top_left), list(item.placement.target), flip]))
                 keys[(index, flip)] = key
                 if key not in todo and not store.has(key):
                     todo[key] = (index, flip)
@@ -122,14 +133,14 @@ class CachedSamples:
         for key, (index, _) in todo.items():
             groups[self.items[index].placement.target].append(key)
         parameter = next(vae.parameters())
-        bar = tqdm(total=len(todo), desc="caching latents", disable=not progress, unit="image")
+        bar = tqdm(total=len(todo), desc="caching latents" if source == "image" else "caching control latents", disable=not progress, unit="image")
         for group in groups.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 rendered = []
                 for key in chunk:
                     index, flip = todo[key]
-                    rendered.append(self._image_tensor(index, flip))
+                    rendered.append(render(index, flip))
                 pixels = torch.stack(rendered).to(parameter.device, parameter.dtype)
                 if encode is None:
                     latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
@@ -144,7 +155,10 @@ class CachedSamples:
                     store.put(key, {"latents": latent.float().cpu().contiguous()})
                 bar.update(len(chunk))
         bar.close()
-        self._latents, self._latent_keys = store, keys
+        if source == "image":
+            self._latents, self._latent_keys = store, keys
+        else:
+            self._control_latents, self._control_latent_keys = store, keys
         return len(todo)
 
     @torch.no_grad()

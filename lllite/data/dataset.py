@@ -111,7 +111,9 @@ class PairedDataset(CachedSamples, torch.utils.data.Dataset):
         self.items: list[_Item] = []
         self.problems: list[Problem] = []
         self._latents: TensorCache | None = None
+        self._control_latents: TensorCache | None = None
         self._latent_keys: dict[tuple[int, bool], str] = {}
+        self._control_latent_keys: dict[tuple[int, bool], str] = {}
         self._texts: TensorCache | None = None
         self._text_keys: dict[str, str] = {}
         for dataset_index, config in enumerate(self.configs):
@@ -150,6 +152,10 @@ class PairedDataset(CachedSamples, torch.utils.data.Dataset):
         item = self.items[index]
         return _to_tensor(_render(item.pair.image, IMAGE_BACKGROUND, item.placement, flip))
 
+    def _conditioning_tensor(self, index: int, flip: bool) -> torch.Tensor:
+        item = self.items[index]
+        return _to_tensor(_render(item.pair.conditioning, CONDITIONING_BACKGROUND, item.placement, flip))
+
     def _random(self, index: int) -> random.Random:
         return random.Random(f"{self.seed}:{self.epoch}:{index}")
 
@@ -166,7 +172,7 @@ class PairedDataset(CachedSamples, torch.utils.data.Dataset):
             # The crop is mirrored with the picture, so micro-conditioning tells where it really came from.
             left = placement.resized[0] - left - placement.target[0]
         sample = {
-            "conditioning_image": _to_tensor(_render(item.pair.conditioning, CONDITIONING_BACKGROUND, placement, flip)),
+            "conditioning_image": self._conditioning_tensor(index, flip),
             "caption": caption,
             "original_size": torch.tensor([placement.original[1], placement.original[0]]),
             "crop_top_left": torch.tensor([top, left]),
@@ -176,6 +182,8 @@ class PairedDataset(CachedSamples, torch.utils.data.Dataset):
             sample["latents"] = self._latents.get(self._latent_keys[(index, flip)])["latents"]
         else:
             sample["image"] = self._image_tensor(index, flip)
+        if self._control_latents is not None:
+            sample["control_latents"] = self._control_latents.get(self._control_latent_keys[(index, flip)])["latents"]
         if self._texts is not None:
             sample.update(self._texts.get(self._text_keys[caption]))
         return sample

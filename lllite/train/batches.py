@@ -94,6 +94,9 @@ def load_dataset(config: TrainConfig, training, accelerator) -> tuple[PairedData
         folder = Path(config.output_dir) / "cache" / "latents" if config.cache_latents_to_disk else None
         with accelerator.main_process_first():
             dataset.cache_latents(training.vae, folder, progress=progress, encode=training.encode_images)
+            if getattr(training, "caches_control_latents", False):
+                dataset.cache_latents(training.vae, folder, progress=progress, encode=training.encode_images,
+                                      source="conditioning")
     if config.cache_text_encoder_outputs:
         tokenizers, encoders = training.text_models
         dataset.cache_text_encoder_outputs(tokenizers, encoders, progress=progress, encode=training.encode_text)

@@ -11,12 +11,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..controls import ControlledNetwork
 from ..data import PairedDataset
 from ..errors import TrainError
+from ..fileformat import LLLiteFileError
 from .config import SAVE_PRECISIONS, TrainConfig
 from .validation import plot_losses
 
@@ -54,7 +55,7 @@ def save_checkpoint(folder: Path, network: ControlledNetwork, state: dict) -> No
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()},
-                  str(staging / NETWORK_FILE))
+                  str(staging / NETWORK_FILE), metadata=network.file_metadata())
         write_training_state(staging, state)
         if folder.exists():
             shutil.rmtree(folder)
@@ -132,7 +133,13 @@ def load_checkpoint(folder: Path, network: ControlledNetwork) -> dict:
         raise TrainError(f"resume: {folder} is not a checkpoint (it needs {NETWORK_FILE} and {STATE_FILE})")
     state = read_training_state(folder)
     try:
-        network.load_state_dict(load_file(str(weights)))
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as opened:
+            metadata = opened.metadata() or {}
+        network.check_weights(tensors, metadata, f"resume: {weights}")
+        network.load_state_dict(tensors)
+    except LLLiteFileError as error:
+        raise TrainError(str(error)) from None
     except (RuntimeError, SafetensorError) as error:
         raise TrainError(f"resume: {weights} does not fit this network (other cond_emb_dim, network_dim or model?): "
                          f"{str(error).splitlines()[0]}") from None

@@ -63,6 +63,16 @@ class TrainConfig:
             draws a mask per sample (rectangles and ellipses) and the control becomes RGB + mask
             (:func:`lllite.anima.inpaint_condition`).
         lllite_inpaint_masked_input: Anima, inpainting: zero the control's RGB under the mask.
+        lllite_cond_input: Anima: ``"pixel"`` (kohya's v2: the trunk reads the control image) or ``"latent"`` (v2.1:
+            its VAE latent, encoded without gradients; cached with the image latents when ``cache_latents``).
+        lllite_trunk: Anima: ``"stem"`` (v2, v2.1) or ``"semantic"`` (v3: the frozen DiT's hidden states of the
+            control latent; needs ``lllite_cond_input = "latent"``; kohya suggests ``cond_emb_dim`` 128 or so).
+        lllite_ref_block: Anima v3: the reference blocks, a number or a comma list such as ``"-1,14"``
+            (-1: the patch embedding's output); None: the middle block.
+        lllite_ref_timestep: Anima v3: the reference forward's timestep in [0, 1] (0: clean).
+        lllite_ref_context: Anima v3: ``"zero"``, ``"uncond"`` (the empty prompt's context) or ``"caption"``
+            (the caption's own context, caption dropout included).
+        lllite_gate: Anima v3: ``"scalar"``, ``"vector"`` or ``"none"``.
         learning_rate: AdamW learning rate; by default 2e-4 for SDXL (kohya's canny recipe) and 1e-4 for
             Anima (kohya's recommended start).
         max_train_steps: optimizer steps; ``max_train_epochs`` overrides it when set.
@@ -129,6 +139,12 @@ class TrainConfig:
     lllite_dropout: float | None = None
     lllite_cond_in_channels: int = 3
     lllite_inpaint_masked_input: bool = False
+    lllite_cond_input: str = "pixel"
+    lllite_trunk: str = "stem"
+    lllite_ref_block: str | int | None = None
+    lllite_ref_timestep: float = 0.0
+    lllite_ref_context: str = "zero"
+    lllite_gate: str = "scalar"
     learning_rate: float | None = None
     max_train_steps: int = 1600
     max_train_epochs: int | None = None
