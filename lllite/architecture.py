@@ -1,7 +1,8 @@
 """The architecture, measured and pictured (notebook 02): one module's shapes layer by layer, parameters
 against a full ControlNet, where the modules attach in SDXL, what the conditioning embedding sees, and
 why ``up`` starts at zero; then Anima's LLLite (kohya's v2) beside SDXL's: what differs, the shapes inside
-its shared trunk and one module, its parameters for each ``target_layers`` preset, and the trunk's embedding.
+its shared trunk and one module, its parameters for each ``target_layers`` preset, and the trunk's embedding;
+and kohya's three Anima architectures (v2, v2.1, v3) side by side, with their cost per call at Anima's size.
 
 Counts and shapes come from SDXL's and Anima's configurations alone, on PyTorch's ``meta`` device: nothing
 is downloaded. Plots are :mod:`lllite.figures` Figures; tables are :class:`lllite.figures.Table`.
@@ -11,6 +12,7 @@ is downloaded. Plots are :mod:`lllite.figures` Figures; tables are :class:`lllit
     parameter_counts()["ControlNet (SDXL)"]        # 1.25e9, against 2.3e7 for kohya's LLLite
     attachment_table(sdxl_unet("meta"))           # five adapted blocks, 136 modules
     anima_parameter_counts()                      # Anima's DiT and its LLLite for each target_layers preset
+    anima_kinds_table()                           # v2, v2.1, v3: inputs, parameters, FLOPs per call
 """
 from __future__ import annotations
 
@@ -494,3 +496,70 @@ def trunk_embedding_channels(trunk, control, cell: int = 64, columns: int = 8) -
     emb = tokens.transpose(0, 1).reshape(-1, height, width)
     return _channel_tiles(emb, cell, columns, f"{len(emb)} channels of the shared embedding, {height}x{width} tokens, "
                                               "each scaled to its range")
+
+
+#: kohya's Anima architectures, as :class:`lllite.anima.AnimaLLLiteConfig` settings.
+ANIMA_KINDS = {"v2": {}, "v2.1": dict(cond_input_space="latent"),
+               "v3": dict(cond_input_space="latent", trunk="semantic")}
+
+
+def _flops(run) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+@functools.lru_cache(maxsize=8)
+def anima_kinds(image_size: int = 1024) -> tuple[tuple[str, str, str, str, str, str], ...]:
+    """kohya's three Anima architectures at real Anima's size, kohya's defaults otherwise (``self_attn_q``, v3 at the
+    middle block): what the trunk reads, parameters, and floating-point operations counted on the ``meta`` device
+    (PyTorch's FLOP counter; nothing runs) for one control image (VAE encode, reference forward, trunk) and per DiT
+    call (the modules), beside the 28 DiT blocks' own."""
+    from diffusers import AutoencoderKLQwenImage
+
+    from .anima.reference import reference_hidden_states
+
+    transformer = _anima_transformer()
+    latent_size = image_size // 8
+    blocks = len(transformer.transformer_blocks)
+    with torch.device("meta"):
+        vae = AutoencoderKLQwenImage()
+        image = torch.empty(1, 3, image_size, image_size)
+        latent = torch.empty(1, 16, latent_size, latent_size)
+        encode = _flops(lambda: vae.encode(image.unsqueeze(2)))
+        dit = _flops(lambda: reference_hidden_states(transformer, latent, (blocks - 1,), 0.0))
+        rows = []
+        for kind, options in ANIMA_KINDS.items():
+            network = anima_network(**options)
+            trunk = network.trunk
+            if trunk.kind == "pixel":
+                reads, inputs, before = "the control image", (image,), 0
+            elif trunk.kind == "latent":
+                reads, inputs, before = "its VAE latent", (latent,), encode
+            else:
+                taps = network.config.ref_block
+                hidden = reference_hidden_states(transformer, latent, taps, 0.0)
+                reads = f"the DiT's hidden states after block {','.join(map(str, taps))}"
+                inputs = (hidden, (latent_size // 2, latent_size // 2))
+                before = encode + _flops(lambda: reference_hidden_states(transformer, latent, taps, 0.0))
+            per_control = before + _flops(lambda: trunk(*inputs))
+            embedding = trunk(*inputs)
+            x = torch.empty(1, embedding.shape[1], 2048)
+            time = torch.empty(1, 1, embedding.shape[-1]) if trunk.kind == "semantic" else None
+            per_call = _flops(lambda: [m(x, embedding, time) for _, m in network.lllite_modules()])
+            rows.append((kind, f"{reads} {tuple(inputs[0].shape)}", f"{sum(p.numel() for p in trunk.parameters()):,}",
+                         f"{sum(p.numel() for p in network.parameters()):,}", f"{per_control / 1e9:,.1f}",
+                         f"{per_call / 1e9:,.1f} ({100 * per_call / dit:.2f}% of the DiT's {dit / 1e12:.1f} T)"))
+    return tuple(rows)
+
+
+def anima_kinds_table(image_size: int = 1024):
+    """:func:`anima_kinds` as a Markdown table."""
+    return Table(list(anima_kinds(image_size)),
+                 ["kohya's", "the trunk reads", "trunk parameters", "network parameters",
+                  "GFLOP per control image", "GFLOP per DiT call (modules)"],
+                 caption=f"At {image_size} px, kohya's defaults: 28 modules (self_attn_q); v3's reference forward runs "
+                         "the DiT up to its middle block once per control image (per guidance branch with "
+                         "ref_context 'caption').")

@@ -498,6 +498,45 @@ def side_by_side(
     return grid
 
 
+def gate_map_picture(pipe, network: ControlledNetwork, control, prompt: str, *, columns: int = 7, **options) -> Image.Image:
+    """Where each module lets the control in, for a network with gates (Anima's v3 with ``lllite.gate`` "scalar" or
+    "vector"): one generation with the gates recorded (kohya's inference ``--save_gate_maps``), shown as the
+    generated image, the modules' mean gate and each module's gate on the DiT's token grid (black 0: the control
+    held back, white 1: let in), from the last model call (the last step). A vector gate shows its mean over
+    channels.
+
+    Args:
+        columns: module maps per row.
+        options: :func:`generate`'s keyword arguments (seed, steps, multiplier, ...).
+
+    Raises:
+        LLLiteError: a network without gates.
+    """
+    network.record_gates(True)
+    try:
+        image = generate(pipe, network, control, prompt, **options)[0]
+        maps = network.gate_maps()
+    finally:
+        network.record_gates(False)
+    if not maps:
+        raise LLLiteError("no gate was recorded: the network did not act (strength 0, or outside its step range)")
+
+    scale = max(1, -(-160 // max(image.size)))  # cells of at least 160 px
+    size = (image.width * scale, image.height * scale)
+
+    def picture(gate: torch.Tensor) -> Image.Image:
+        pixels = (gate[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        return Image.fromarray(pixels, mode="L").convert("RGB").resize(size, Image.NEAREST)
+
+    mean = torch.stack(list(maps.values())).mean(0)
+    tiles = [picture(gate) for gate in maps.values()]
+    rows = [[image.resize(size, Image.LANCZOS), picture(mean)]]
+    rows += [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    labels = [f"image, mean gate {mean.mean():.2f}"]
+    labels += [f"modules {i + 1}-{min(i + columns, len(tiles))}" for i in range(0, len(tiles), columns)]
+    return image_grid(rows, row_labels=labels, title=f"gates of {len(maps)} modules (black: closed, white: open)")
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``image`` as a PNG with its text metadata (``image.info["parameters"]`` and other strings), atomically.
 

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -263,6 +263,45 @@ from lllite.architecture import trunk_embedding_channels
 
 torch.manual_seed(0)
 show(trunk_embedding_channels(ConditioningTrunk(AnimaLLLiteConfig()), control, cell=48))
+
+# %% [markdown]
+# ## kohya's three Anima architectures: v2, v2.1, v3
+#
+# kohya's Anima LLLite comes in three kinds, and files carry which one in their metadata
+# (`lllite.cond_input_space`, `lllite.trunk`); lllite reads and trains all three.
+#
+# - **v2** (`pixel`, `stem`): everything above. The trunk reads the control image at pixel size.
+# - **v2.1** (`latent`, `stem`): the control image is first encoded by the pipeline's VAE (no gradients),
+#   and a shorter stem reads its 16-channel latent (`lat_conv1` 3x3, `lat_conv2` 2x2/2). The VAE has
+#   already done the work of seeing the image; kohya reports about 10x faster convergence.
+# - **v3** (`latent`, `semantic`): the control latent goes through the frozen DiT itself, once per control
+#   image (the *reference forward*), and the trunk reads the DiT's hidden states after one or more blocks
+#   (`ref_block`; -1 is the patch embedding's output). Each module also reads the denoising step's time
+#   embedding (`t_proj`, zero at the start), and a gate decides per token how much of its change to let in.
+#
+# Shapes, parameters and the cost of each at Anima's real size (counted on the `meta` device: nothing
+# runs): the modules cost the same for all three; what differs is what is done once per control image.
+
+# %%
+from lllite.architecture import anima_kinds_table
+
+anima_kinds_table()
+
+# %% [markdown]
+# v3's gates, as pictures: each module's gate on the DiT's token grid (white: the change is let in,
+# black: held back). A fresh gate is open everywhere at sigmoid(2) = 0.88, so a fresh network shows flat
+# grey tiles; training teaches the gates where to close. Notebook 04 draws the gates of a trained v3
+# network (and `lllite.sampling.gate_map_picture` does it for any).
+
+# %%
+from lllite.anima import create_network as create_anima_network
+from lllite.anima.toy import load_pretrained as load_toy_anima
+from lllite.sampling import gate_map_picture
+
+toy_anima = load_toy_anima()
+v3 = create_anima_network(toy_anima.transformer, cond_input_space="latent", trunk="semantic")
+show(gate_map_picture(toy_anima, v3, canny(render_sample(7, size=64).image), "a red circle",
+                      num_inference_steps=2 if env.quick else 8, height=64, width=64))
 
 # %% [markdown]
 # ## Next

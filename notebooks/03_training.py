@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -83,18 +83,26 @@ else:
 # the toy Anima's recipe (`AnimaToyRecipe`: all self-attention inputs, a larger learning rate) and
 # kohya's recommended Anima start (E 32, trunk width 64, one ResBlock, M 64, `self_attn_q`, lr 1e-4,
 # AdamW 8-bit, bf16, gradient checkpointing, cached latents and text outputs).
+# For Anima, `ARCHITECTURE` picks kohya's kind (notebook 02): `"v2.1"` trains the latent stem (the control
+# images' latents are cached with the images'), `"v3"` the semantic trunk (kohya suggests a wider
+# embedding for it, e.g. `cond_emb_dim=128`); those runs go to `03_training/v2.1` and `03_training/v3`.
 # `OVERWRITE = True` starts over in a folder that already holds a run.
 
 # %%
+from lllite.anima.config import TRAINING_OPTIONS
 from lllite.environment import load_pipeline
 from lllite.notebook import settings_table
 from lllite.recipes import training_config
 
 OUTPUT_DIR = env.runs / "03_training"
 OVERWRITE = False
+ARCHITECTURE = "v2"  # Anima only: kohya's "v2" (pixel stem), "v2.1" (latent stem) or "v3" (semantic trunk)
 
 pipe = load_pipeline(env)
-config = training_config(env, dataset, OUTPUT_DIR, overwrite=OVERWRITE)
+architecture = TRAINING_OPTIONS[ARCHITECTURE] if env.family == "anima" else {}
+if architecture:  # v2.1 and v3 runs keep their own folders
+    OUTPUT_DIR = OUTPUT_DIR / ARCHITECTURE
+config = training_config(env, dataset, OUTPUT_DIR, overwrite=OVERWRITE, **architecture)
 settings_table(config, env.family)
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -206,6 +206,36 @@ show(plot_fidelity(fidelity))
 iou, edge_f = fidelity.means("iou"), fidelity.means("edge_f")
 markdown_table([(m, f"{a:.3f}", f"{b:.3f}") for m, a, b in zip(fidelity.multipliers, iou, edge_f)],
                ["strength", "shape IoU", "edge F-score"])
+
+# %% [markdown]
+# ## kohya's Anima architectures compared
+#
+# On Anima, files of kohya's three kinds (v2, v2.1, v3; notebook 02) trained on the same data side by
+# side: notebook 03 with `ARCHITECTURE = "v2"`, `"v2.1"` and `"v3"` writes them to `03_training`,
+# `03_training/v2.1` and `03_training/v3`. Each file found is drawn at every strength on the same control
+# and seed, and scored like the strength comparison above; v3's gates are drawn last. On the toy world,
+# `python benches/anima_kinds.py` trains all three under the demo's budget (benches/RESULTS.md has its
+# numbers).
+
+# %%
+from lllite.anima.config import TRAINING_OPTIONS
+from lllite.sampling import MULTIPLIERS, gate_map_picture
+
+kind_files = {kind: folder for kind, folder in
+              ((kind, trained_files(env, [env.runs / "03_training" / ("" if kind == "v2" else kind)])[0])
+               for kind in TRAINING_OPTIONS) if folder.is_file()} if env.family == "anima" else {}
+if not kind_files:
+    print("no trained files of kohya's Anima kinds yet: train them in notebook 03 (MODEL = 'anima-toy' or 'anima', "
+          "ARCHITECTURE = 'v2', 'v2.1', 'v3')")
+for kind, file in kind_files.items():
+    kind_network = lllite.load(file)
+    show(strength_grid(pipe, kind_network, control, prompt, num_inference_steps=steps,
+                       multipliers=MULTIPLIERS))
+    scores = fidelity_by_strength(pipe, kind_network, held_out, num_inference_steps=steps, batch_size=batch)
+    print(kind, "shape IoU by strength:", ", ".join(f"{m:g}: {v:.3f}" for m, v in
+                                                     zip(scores.multipliers, scores.means("iou"))))
+    if kind_network.config.gate_mode != "none":
+        show(gate_map_picture(pipe, kind_network, control, prompt, num_inference_steps=steps))
 
 # %% [markdown]
 # ## More than one network
