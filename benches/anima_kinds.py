@@ -28,7 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma list of v2, v2.1, v3")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    report = {}
+    name = "anima_kinds_quick" if args.quick else "anima_kinds"
+    path = out.parent / f"{name}.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}  # --kinds reruns some, keeps the others
     for kind in args.kinds.split(","):
         settings = {"model": "anima", "out": str(out / kind), "overwrite": True, "recipe": dict(KINDS[kind])}
         config = (DemoConfig.quick(**{k: v for k, v in settings.items() if k != "recipe"}, **KINDS[kind])
@@ -40,8 +42,8 @@ def main(argv=None) -> int:
         print(f"{kind}: IoU at strength 1 {result.strength_iou['1.0']:.3f}, {result.train_steps} steps "
               f"({result.steps_per_second:.2f}/s)", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    name = "anima_kinds_quick" if args.quick else "anima_kinds"
-    (out.parent / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = {kind: report[kind] for kind in KINDS if kind in report}
+    path.write_text(json.dumps(report, indent=2) + "\n")
     save_figure(plot(report), out.parent / f"{name}.png")
     return 0
 

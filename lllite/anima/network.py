@@ -89,6 +89,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
         self._inputs: tuple | None = None  # what the trunk reads in this call (training: with gradients next)
         self._latents: tuple[tuple, tuple] | None = None  # (what for, (latent, mask)): the encoded control
         self._references: list[tuple] = []  # (context, what for, hidden states, serial number)
+        self._uncond: tuple | None = None  # (what for, the empty prompt's context)
         self._serial = 0
         self._latent_given = False  # the control was given as a latent (set_cond_latent)
         self._given_mask: torch.Tensor | None = None
@@ -265,7 +266,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
             self._time_handle.remove()
             self._time_handle = None
         self._forget_image()
-        self._taps = None
+        self._taps = self._uncond = None
 
     # ------------------------------------------------------------------ each transformer call, on the host
     def _start_call(self) -> None:
@@ -364,11 +365,12 @@ class AnimaLLLiteNetwork(ControlledNetwork):
             if context is None:
                 raise LLLiteError("ref_context='caption': the transformer was called without encoder_hidden_states")
             return context.detach()
-        length = 1 if context is None else context.shape[1]
-        conditioner = self._encoders[1] or getattr(self._attachment.pipeline, "text_conditioner", None)
-        model = self._attachment.model
-        return uncond_context(conditioner, length, model.patch_embed.proj.weight.device,
-                              model.patch_embed.proj.weight.dtype)
+        weight = self._attachment.model.patch_embed.proj.weight
+        key = (1 if context is None else context.shape[1], weight.device, weight.dtype)
+        if self._uncond is None or self._uncond[0] != key:  # the empty prompt's context: made once
+            conditioner = self._encoders[1] or getattr(self._attachment.pipeline, "text_conditioner", None)
+            self._uncond = (key, uncond_context(conditioner, *key))
+        return self._uncond[1]
 
     def _reference_serial(self, device) -> int | None:
         """Inference with ``ref_context="caption"``: which reference this call's context has (made now if it has
