@@ -1,7 +1,11 @@
-"""The four notebooks: each .ipynb is exactly what jupytext makes of its .py source, and each runs top to
-bottom on a CPU with the toy world and the quick setting, leaving its pictures as ordinary outputs."""
+"""The four notebooks: each .ipynb holds exactly the cells of its .py source and the outputs of one full run of
+that source on the toy world (small pictures, nothing of the machine it ran on), and each runs top to bottom on a
+CPU with the toy world and the quick setting, leaving its pictures as ordinary outputs."""
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import re
 from pathlib import Path
@@ -11,6 +15,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from PIL import Image
+
+from lllite.notebook_outputs import MAX_SIDE, clean, scrub_text, shrink_png, source_digest, stored_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -24,11 +31,67 @@ def cells(notebook) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_ipynb_holds_exactly_the_cells_of_its_py_source_and_no_outputs(name):
+def test_the_ipynb_holds_exactly_the_cells_of_its_py_source(name):
     source = jupytext.read(NOTEBOOKS / f"{name}.py")
     stored = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert cells(stored) == cells(source), f"notebooks/{name}.ipynb differs from its source: run `jupytext --sync notebooks/{name}.py`"
-    assert not [c for c in stored.cells if c.cell_type == "code" and c.outputs], f"notebooks/{name}.ipynb stores outputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_stored_outputs_belong_to_the_current_source(name):
+    stored = stored_digest(NOTEBOOKS / f"{name}.ipynb")
+    assert stored is not None, f"notebooks/{name}.ipynb stores no outputs: run `python -m lllite.notebook_outputs {name}`"
+    assert stored == source_digest(NOTEBOOKS / f"{name}.py"), (
+        f"notebooks/{name}.ipynb shows the outputs of an earlier source: run `python -m lllite.notebook_outputs {name}`")
+
+
+#: Text that would tell of the machine a stored run came from.
+MACHINE_TRACES = re.compile(r"/tmp/|/root/|/home/|/Users/|lllite-notebooks-|[A-Z]:\\")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_stored_outputs_show_small_pictures_and_nothing_of_the_machine_they_ran_on(name):
+    stored = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in stored.cells if c.cell_type == "code" for o in c.outputs]
+    pictures = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pictures) >= 2, f"notebooks/{name}.ipynb shows {len(pictures)} picture(s)"
+    for data in pictures:
+        assert max(Image.open(io.BytesIO(base64.b64decode(data))).size) <= MAX_SIDE
+    assert not [o for o in outputs if o.get("name") == "stderr"], "progress bars and warnings are not kept"
+    text = json.dumps([o for o in outputs if "image/png" not in o.get("data", {})] + [stored.metadata.get("widgets", {})])
+    assert not MACHINE_TRACES.search(text), f"notebooks/{name}.ipynb: {MACHINE_TRACES.search(text).group(0)!r}"
+    assert (NOTEBOOKS / f"{name}.ipynb").stat().st_size < 4 * 2**20
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    if widgets:
+        state = stored.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+        assert all(w["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] in state for w in widgets)
+
+
+def test_kept_text_loses_the_scratch_folder_and_the_timings():
+    text = "wrote /x/runs/a.safetensors in 12.5 s (4.8 steps/s), 300 seconds; 3 steps; 2 s/it is 0.5 it/s"
+    assert scrub_text(text, "/x") == "wrote runs/a.safetensors in … s (… steps/s), … seconds; 3 steps; … s/it is … it/s"
+
+
+def test_progress_bars_and_stderr_are_not_kept_and_cleaning_twice_changes_nothing():
+    bar = {"output_type": "display_data", "metadata": {}, "data": {
+        "application/vnd.jupyter.widget-view+json": {"model_id": "m", "version_major": 2, "version_minor": 0},
+        "text/plain": "Loading weights:   0%|          | 0/13 [00:00<?, ?it/s]"}}
+    table = {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": "| a |", "text/plain": "| a |"}}
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[nbformat.from_dict(o) for o in (
+        bar, table, {"output_type": "stream", "name": "stderr", "text": "warning"},
+        {"output_type": "stream", "name": "stdout", "text": "done in 3.5 s"})])])
+    clean(notebook, "/scratch")
+    assert notebook.cells[0].outputs == [table, {"output_type": "stream", "name": "stdout", "text": "done in … s"}]
+    before = nbformat.writes(notebook)
+    clean(notebook, "/scratch")
+    assert nbformat.writes(notebook) == before
+
+
+def test_kept_pictures_are_shrunk_to_the_longest_side():
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 500), (200, 10, 10)).save(buffer, format="PNG")
+    shrunk = Image.open(io.BytesIO(base64.b64decode(shrink_png(base64.b64encode(buffer.getvalue()).decode()))))
+    assert shrunk.size == (MAX_SIDE, MAX_SIDE // 4)
 
 
 @pytest.mark.parametrize("name", NAMES)
