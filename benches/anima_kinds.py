@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lllite.anima.config import TRAINING_OPTIONS as KINDS
 from lllite.demo import DemoConfig, run_demo
-from lllite.figures import save_figure
+from lllite.figures import new_figure, save_figure
 
 
 def main(argv=None) -> int:
@@ -50,9 +50,7 @@ def main(argv=None) -> int:
 
 def plot(report: dict):
     """Mean shape IoU against strength, one line per architecture, its steps in the legend."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axes = new_figure(6, 4)  # no pyplot: nothing left open
     for kind, row in report.items():
         strengths = sorted(row["strength_iou"], key=float)
         axes.plot([float(s) for s in strengths], [row["strength_iou"][s] for s in strengths], marker="o",
@@ -61,7 +59,6 @@ def plot(report: dict):
              title="Anima LLLite on the toy world, same time budget")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
     return figure
 
 
