@@ -155,6 +155,11 @@ def networks_quiet():
         _Quiet.depth -= 1
 
 
+def quiet() -> bool:
+    """Whether the model is running on a network's behalf (:func:`networks_quiet`)."""
+    return _Quiet.depth > 0
+
+
 #: Room for the scheduler's timesteps on the device; padding with +inf keeps the step count out of the graph's shapes.
 _TIMESTEP_SLOTS = 1000
 _START, _END, _STEPS = range(3)  # the slots of ControlledNetwork._controls

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..controls import ControlledNetwork, _Quiet, token_grid
+from ..controls import ControlledNetwork, quiet, token_grid
 from ..errors import LLLiteError
 from ..fileformat import LLLiteFileError
 from ..hooks import model_and_pipeline
@@ -415,7 +415,7 @@ class AnimaLLLiteNetwork(ControlledNetwork):
 
     def _after_time_norm(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         """v3's t-FiLM: the time embedding's norm output (B, D) through ``t_proj``, for every module of this call."""
-        if self._image is not None and self._token_masks and not _Quiet.depth:
+        if self._image is not None and self._token_masks and not quiet():
             self._time = self.trunk.time(output)
 
     def _module_change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
