@@ -221,12 +221,13 @@ markdown_table([(m, f"{a:.3f}", f"{b:.3f}") for m, a, b in zip(fidelity.multipli
 from lllite.anima.config import TRAINING_OPTIONS
 from lllite.sampling import MULTIPLIERS, gate_map_picture
 
-kind_files = {kind: folder for kind, folder in
-              ((kind, trained_files(env, [env.runs / "03_training" / ("" if kind == "v2" else kind)])[0])
-               for kind in TRAINING_OPTIONS) if folder.is_file()} if env.family == "anima" else {}
-if not kind_files:
-    print("no trained files of kohya's Anima kinds yet: train them in notebook 03 (MODEL = 'anima-toy' or 'anima', "
-          "ARCHITECTURE = 'v2', 'v2.1', 'v3')")
+folders = {kind: env.runs / "03_training" / ("" if kind == "v2" else kind) for kind in TRAINING_OPTIONS}
+kind_files = {kind: trained_files(env, [folder])[0] for kind, folder in folders.items()}
+kind_files = {kind: file for kind, file in kind_files.items() if file.is_file() and env.family == "anima"}
+if env.family != "anima":
+    print("kohya's three architectures are Anima's: with MODEL = 'anima-toy' or 'anima' this cell compares them")
+elif not kind_files:
+    print("no trained files of kohya's Anima kinds yet: train them in notebook 03 (ARCHITECTURE = 'v2', 'v2.1', 'v3')")
 for kind, file in kind_files.items():
     kind_network = lllite.load(file)
     show(strength_grid(pipe, kind_network, control, prompt, num_inference_steps=steps,
