@@ -450,6 +450,9 @@ def test_step_range_and_keyframes_skip_the_steps_they_exclude(pipe, attach, kind
 
 
 # ------------------------------------------------------------------ 3. torch.compile
+# slow: under torch 2.10 (the floors), a compiled DiT followed by training in the same process leaves autograd's
+# threads started, and the DDP tests' forked processes then cannot backprop; the whole suite runs it on the newest
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["v2.1-aspp", "v3-2taps-vector-caption-aspp"])
 def test_compiles_as_one_graph_and_strength_or_control_changes_recompile_nothing(pipe, contexts, attach, kind):
     import torch._dynamo as dynamo
