@@ -19,6 +19,18 @@ _LINEARS = {  # kohya's tail of the module name -> diffusers' path in a block
 _NAME = re.compile(r"^lllite_dit_blocks_(\d+)_(.+)$")
 
 
+class FirstInput:
+    """The input block 0's attn1.to_q receives after every pre-hook registered before this one (the network's hook
+    of the first target: nothing else has changed it)."""
+
+    def __init__(self, transformer):
+        self.value = None
+        self.handle = transformer.transformer_blocks[0].attn1.to_q.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.value = args[0].clone()
+
+
 def diffusers_path(kohya_name: str) -> str:
     m = _NAME.match(kohya_name)
     return f"transformer_blocks.{m[1]}.{_LINEARS[m[2]]}"

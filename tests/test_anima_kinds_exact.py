@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
-from anima_reference import diffusers_path
+from anima_reference import FirstInput, diffusers_path
 from safetensors import safe_open
 
 import lllite
@@ -250,17 +250,6 @@ def assert_close(got, want, base, rel=1e-5, what="output"):
     assert (want - base).abs().max() > 1e-2 * scale, f"{what}: the control changes nothing, which proves nothing"
     diff = (got - want).abs().max()
     assert diff <= rel * scale, f"{what}: max abs difference {diff:.3g} at output scale {scale:.3g}"
-
-
-class FirstInput:
-    """What block 0's attn1.to_q receives after the network's hook (the first target; nothing else changed it)."""
-
-    def __init__(self, transformer):
-        self.value = None
-        self.handle = transformer.transformer_blocks[0].attn1.to_q.register_forward_pre_hook(self)
-
-    def __call__(self, module, args):
-        self.value = args[0].clone()
 
 
 # ------------------------------------------------------------------ 1. the same numbers as kohya's formulas

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from test_anima_train import config as anima_train_config
 
 import lllite
 from lllite.anima import create_network
@@ -32,12 +33,8 @@ def pipe():
 
 
 def config(shapes: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(dataset_config=DatasetConfig([SubsetConfig(shapes / "images", shapes / "conditioning")],
-                                                 resolution=64, batch_size=2),
-                    output_dir=str(out), cond_emb_dim=8, network_dim=8, lllite_cond_dim=8, max_train_steps=2,
-                    mixed_precision="no", gradient_checkpointing=False, optimizer_type="adamw", progress=False)
-    settings.update(changes)
-    return TrainConfig(**settings)
+    """test_anima_train's small run, two steps unless told otherwise."""
+    return anima_train_config(shapes, out, **{"max_train_steps": 2, **changes})
 
 
 def run(settings: TrainConfig, pipe):

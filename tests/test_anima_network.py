@@ -10,7 +10,7 @@ from lllite.anima.names import parse_target_layers
 from lllite.errors import LLLiteError, OutputExistsError
 from lllite.fileformat import LLLiteFileError
 
-from anima_reference import KohyaAnimaReference, diffusers_path
+from anima_reference import FirstInput, KohyaAnimaReference, diffusers_path
 
 ALL = "self_attn_q_pre,self_attn_kv_pre,cross_attn_q_pre,mlp_fc1_pre"
 
@@ -200,17 +200,6 @@ def test_target_layers_resolve_as_kohyas(anima_transformer):
     assert [diffusers_path(n) for n in names[:5]] == ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k",
                                                       "transformer_blocks.0.attn1.to_v", "transformer_blocks.0.attn2.to_q",
                                                       "transformer_blocks.0.ff.net.0.proj"]
-
-
-class FirstInput:
-    """The input block 0's attn1.to_q receives after every pre-hook registered before this one."""
-
-    def __init__(self, transformer):
-        self.value = None
-        self.handle = transformer.transformer_blocks[0].attn1.to_q.register_forward_pre_hook(self)
-
-    def __call__(self, module, args):
-        self.value = args[0].clone()
 
 
 def test_step_range_on_a_bare_transformer_reads_progress_from_sigma(anima_transformer):

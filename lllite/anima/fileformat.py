@@ -134,24 +134,22 @@ def check_input_space(config: AnimaLLLiteConfig, cond_input_space: str, source: 
         )
 
 
-def _number(metadata: Mapping[str, str], key: str, default: int, source: str) -> int:
+def _parsed(metadata: Mapping[str, str], key: str, default, source: str, kind: type, what: str):
     value = metadata.get(key)
     if value is None:
         return default
     try:
-        return int(str(value).strip())
+        return kind(str(value).strip())
     except ValueError:
-        raise LLLiteFileError(f"{source}: metadata {key}={value!r} is not a whole number") from None
+        raise LLLiteFileError(f"{source}: metadata {key}={value!r} is not {what}") from None
+
+
+def _number(metadata: Mapping[str, str], key: str, default: int, source: str) -> int:
+    return _parsed(metadata, key, default, source, int, "a whole number")
 
 
 def _real(metadata: Mapping[str, str], key: str, default: float, source: str) -> float:
-    value = metadata.get(key)
-    if value is None:
-        return default
-    try:
-        return float(str(value).strip())
-    except ValueError:
-        raise LLLiteFileError(f"{source}: metadata {key}={value!r} is not a number") from None
+    return _parsed(metadata, key, default, source, float, "a number")
 
 
 def _flag(metadata: Mapping[str, str], key: str, default: bool, source: str) -> bool:
