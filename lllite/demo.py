@@ -11,8 +11,8 @@ held-out shapes at several strengths and scores each image by the IoU between th
 the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, which puts the shape
 anywhere: its IoU is the chance level the control has to beat.
 
-Outputs in ``--out``: ``metrics.json`` (:class:`DemoResult`: the IoU and edge F-score by strength beside the
-steps done, the training loop's seconds, steps and samples per second, and the machine),
+Outputs in ``--out``: ``metrics.json`` (:class:`DemoResult`: the IoU and edge F-score by strength, the IoU at
+the highest strength on shapes of sizes that no training shape has, beside the steps done, the training loop's seconds, steps and samples per second, and the machine),
 ``comparison.png`` (control, target, one column per strength), ``iou_vs_strength.png``, the trained
 ``train/lllite_toy_canny.safetensors`` and its loss curve. ``benches/iou_vs_steps.py`` measures how the IoU
 grows with the steps, for what a faster machine would give.
@@ -40,7 +40,7 @@ from .files import write_text_atomic
 from .launch import ProcessFailedError, launch
 from .sampling import MULTIPLIERS, image_grid, save_png
 from .toy import TOY
-from .toy.shapes import eval_samples, write_dataset
+from .toy.shapes import eval_samples, unseen_samples, write_dataset
 from .train import TrainConfig, TrainError, TrainResult, train
 
 #: What the demo writes into its folder; only these are replaced by ``overwrite``.
@@ -132,6 +132,7 @@ class DemoResult:
     strength_iou_std: dict[str, float]
     strength_iou_by_colour: dict[str, dict[str, float]]
     strength_edge_f: dict[str, float]
+    unseen_iou: float
     weights: str
     train_seconds: float
     train_steps: int
@@ -153,6 +154,7 @@ class DemoResult:
         steps = (f"{self.train_steps} steps in {self.train_seconds:.0f} s ({self.steps_per_second:.2f} steps/s, "
                  f"{self.samples_per_second:.1f} samples/s; {who}{'s' if threads > 1 else ''})")
         return [f"shape IoU by strength: {', '.join(f'{s}: {v:.3f}' for s, v in self.strength_iou.items())}",
+                f"shape IoU at strength {float(top):g} on shapes of sizes never trained on: {self.unseen_iou:.3f}",
                 f"strength {float(top):g}: {scores} after {steps}; total {self.total_seconds:.0f} s"]
 
 
@@ -283,6 +285,16 @@ def evaluate_demo(config: DemoConfig, pipe, network, multipliers=None, keep_imag
     return held_out, fidelity
 
 
+def unseen_iou(config: DemoConfig, pipe, network, multiplier: float, progress: bool = True) -> float:
+    """The mean shape IoU at ``multiplier`` over as many shapes as the demo holds out, of sizes that no training
+    shape has (:func:`lllite.toy.shapes.unseen_samples`, seeded by ``config.seed``)."""
+    samples = unseen_samples(config.eval_samples, seed=config.seed, size=config.toy_recipe().size)
+    fidelity = fidelity_by_strength(pipe, network, samples, multipliers=[multiplier],
+                                    num_inference_steps=config.num_inference_steps,
+                                    guidance_scale=config.guidance_scale, batch_size=16, progress=progress)
+    return fidelity.means("iou")[0]
+
+
 def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     out = Path(config.out)
     recipe = config.toy_recipe()
@@ -298,6 +310,8 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
     # 2. Held-out controls at every strength, scored by shape IoU and edge F-score.
     rows = min(config.grid_rows, config.eval_samples)
     held_out, fidelity = evaluate_demo(config, pipe, network, keep_images=rows)
+    top = max(fidelity.multipliers)
+    unseen = unseen_iou(config, pipe, network, top)
     network.remove()
 
     # 3. Pictures and numbers.
@@ -316,6 +330,7 @@ def _run(config: DemoConfig, pipe, started: float) -> DemoResult:
         strength_iou_std=dict(zip(keys, stds)),
         strength_iou_by_colour=dict(zip(keys, fidelity.by_colour("iou").values())),
         strength_edge_f=dict(zip(keys, fidelity.means("edge_f"))),
+        unseen_iou=unseen,
         weights=str(result.weights),
         train_seconds=round(result.train_seconds, 2),
         train_steps=result.steps,

@@ -42,6 +42,7 @@ def test_the_quick_demo_writes_metrics_weights_grid_and_plot(tmp_path):
     assert metrics["machine"]["threads"] == 1 and metrics["machine"]["processes"] == 1
     assert metrics["machine"]["cpu"] and metrics["machine"]["cpu_count"] >= 1
     assert list(metrics["strength_edge_f"]) == list(metrics["strength_iou"])
+    assert 0.0 <= metrics["unseen_iou"] <= 1.0 and metrics["unseen_iou"] == result.unseen_iou
     assert all(0.0 <= v <= 1.0 for v in metrics["strength_edge_f"].values())
     assert len(lllite.load(metrics["weights"])) == len(find_targets(pipe.unet, up_path=True))
     grid = Image.open(tmp_path / "comparison.png")
@@ -65,6 +66,7 @@ def test_the_demo_command_prints_the_iou_per_strength(tmp_path, monkeypatch, cap
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "shape IoU by strength: 0.0:" in printed and "1.0:" in printed
+    assert "shape IoU at strength 1 on shapes of sizes never trained on: " in printed
     # The last line: the scores at strength 1 beside the steps done and their speed, as metrics.json has them.
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     last = printed.strip().splitlines()[-1]

@@ -4,7 +4,8 @@ import pytest
 
 from lllite.conditioning import canny
 from lllite.metrics import colour_mask
-from lllite.toy.shapes import COLOURS, SHAPES, eval_samples, render_sample, write_dataset
+from lllite.toy.shapes import (COLOURS, RADIUS_RANGE, SHAPES, UNSEEN_RADIUS_RANGES, eval_samples, render_sample,
+                               unseen_samples, write_dataset)
 
 
 def test_same_seed_and_index_render_identical_samples():
@@ -24,6 +25,27 @@ def test_eval_split_is_a_different_stream_than_train():
     train = [render_sample(i, seed=0).image for i in range(4)]
     held_out = [sample.image for sample in eval_samples(4, seed=0)]
     assert all(not np.array_equal(t, h) for t in train for h in held_out)
+
+
+def _circumradius(sample, size: int) -> float:
+    """The shape's circumradius as a fraction of the side, from its mask's farthest pixel from the centroid."""
+    ys, xs = np.nonzero(sample.mask)
+    return float(np.hypot(ys - ys.mean(), xs - xs.mean()).max() + 0.5) / size
+
+
+def test_unseen_shapes_are_smaller_or_larger_than_every_training_shape():
+    size = 256
+    train = [_circumradius(render_sample(i, size=size), size) for i in range(60)]
+    unseen = [_circumradius(s, size) for s in unseen_samples(60, size=size)]
+    assert all(RADIUS_RANGE[0] - 0.01 <= r <= RADIUS_RANGE[1] + 0.01 for r in train)
+    small, large = UNSEEN_RADIUS_RANGES
+    assert all(r <= small[1] + 0.01 or r >= large[0] - 0.01 for r in unseen)
+    assert sum(r < RADIUS_RANGE[0] - 0.01 for r in unseen) > 15 and sum(r > RADIUS_RANGE[1] + 0.01 for r in unseen) > 15
+    # The other splits draw what they drew before the unseen split existed (values recorded then).
+    recorded = {"eval": ("a red circle", 2215, 1634957), "train": ("a blue square", 1603, 9865938)}
+    for split, expected in recorded.items():
+        sample = render_sample(7, seed=3, split=split)
+        assert (sample.caption, int(sample.mask.sum()), int(sample.image.astype(int).sum())) == expected
 
 
 def test_sample_has_default_size_types_and_caption():

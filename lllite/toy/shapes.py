@@ -26,10 +26,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 210, 40),
 }
 SHAPES = ("circle", "square", "triangle")
-SPLITS = {"train": 0, "eval": 1}
+SPLITS = {"train": 0, "eval": 1, "unseen": 2}
 
 # Circumradius of a shape as a fraction of the image's shorter side.
 RADIUS_RANGE = (0.125, 0.28)
+# The ``"unseen"`` split's radii: smaller or larger than any the other splits draw (either with equal odds).
+# Positions are drawn as in the other splits, so a larger shape also reaches places no training shape's
+# centre did.
+UNSEEN_RADIUS_RANGES = ((0.09, 0.125), (0.28, 0.34))
 COLOUR_JITTER = 12
 # Background brightness ranges; yellow is as bright as a light background, so it only gets dark ones.
 DARK_BACKGROUND = (5, 35)
@@ -98,7 +102,8 @@ def render_sample(
         index: position in the stream (>= 0).
         seed: dataset seed; the same (seed, split, index, size) always gives the same sample.
         size: image side in pixels, or (height, width).
-        split: ``"train"`` or ``"eval"``; the two never share a random stream.
+        split: ``"train"``, ``"eval"`` or ``"unseen"``; no two share a random stream. ``"unseen"`` draws sizes
+            outside the other two's range (:data:`UNSEEN_RADIUS_RANGES`).
         colour, shape: force the caption words (otherwise drawn at random, uniformly).
     """
     if split not in SPLITS:
@@ -116,7 +121,8 @@ def render_sample(
     colour = colour or drawn_colour
     shape = shape or drawn_shape
 
-    radius = rng.uniform(*RADIUS_RANGE) * min(height, width)
+    radii = UNSEEN_RADIUS_RANGES[rng.integers(2)] if split == "unseen" else RADIUS_RANGE
+    radius = rng.uniform(*radii) * min(height, width)
     centre = np.array([rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)])
     angle = rng.uniform(0, 2 * np.pi)
     rgb = np.clip(np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3), 0, 255)
@@ -192,3 +198,9 @@ def write_dataset(
 def eval_samples(count: int, seed: int = 0, size: int | tuple[int, int] = 128) -> list[ShapeSample]:
     """Held-out samples: the ``"eval"`` stream, never seen by a dataset written with ``split="train"``."""
     return [render_sample(index, seed=seed, size=size, split="eval") for index in range(count)]
+
+
+def unseen_samples(count: int, seed: int = 0, size: int | tuple[int, int] = 128) -> list[ShapeSample]:
+    """Held-out samples of sizes no training sample has (the ``"unseen"`` stream): does a control trained on
+    the toy's shapes follow shapes smaller or larger than those?"""
+    return [render_sample(index, seed=seed, size=size, split="unseen") for index in range(count)]
