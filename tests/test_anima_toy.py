@@ -232,6 +232,50 @@ def test_the_shipped_toy_draws_the_captions_colour():
 
 
 
+def test_the_vae_stage_of_a_continued_run_trains_the_decoder_alone():
+    from lllite.anima.pretrain import PretrainConfig, train_vae
+    from lllite.toy.pretraining import render_training_set
+
+    cfg = PretrainConfig(train_samples=4, vae_steps=2, vae_batch=2, warmup_steps=1)
+    pipe = toy.build_pipeline("test")
+    before = {name: p.detach().clone() for name, p in pipe.vae.named_parameters()}
+    pixels, masks, _ = render_training_set(cfg, progress=False)
+    train_vae(pipe.vae, pixels, masks, cfg, decoder_only=True)
+    kept = [name for name in before if name.startswith(("encoder.", "quant_conv."))]
+    assert kept and all(torch.equal(pipe.vae.get_parameter(name), before[name]) for name in kept)
+    assert any(not torch.equal(p, before[n]) for n, p in pipe.vae.named_parameters() if n.startswith("decoder."))
+
+
+def test_a_start_folder_without_a_toy_anima_is_refused_by_name(tmp_path, capsys):
+    from lllite.anima.pretrain import main
+
+    assert main(["--start-from", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "start_from" in err and "modular_model_index.json" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_timestep_sampling_is_refused_by_name(tmp_path, capsys):
+    from lllite.anima.pretrain import main
+
+    assert main(["--timestep-sampling", "sigma", "--out-dir", str(tmp_path / "w")]) == 1
+    assert "timestep_sampling" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_dits_noise_levels_follow_the_timestep_sampling():
+    from lllite.anima.pretrain import PretrainConfig, train_dit
+
+    trained = {}
+    for sampling in ("sigmoid", "uniform"):
+        cfg = PretrainConfig(dit_steps=2, dit_batch=2, warmup_steps=1, timestep_sampling=sampling)
+        pipe = toy.build_pipeline("test")
+        captions = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+        train_dit(pipe, torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(0)), captions, cfg)
+        trained[sampling] = pipe.transformer.state_dict()
+    assert any(not torch.equal(trained["sigmoid"][key], trained["uniform"][key]) for key in trained["sigmoid"])
+
+
 def test_the_pretraining_stages_run_and_change_the_models():
     from lllite.anima.pretrain import PretrainConfig, set_latent_statistics, train_dit, train_vae
     from lllite.toy.pretraining import render_training_set

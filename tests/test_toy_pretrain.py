@@ -122,3 +122,29 @@ def test_each_loss_weighting_trains_its_own_weights(tmp_path):
         unets[weighting] = StableDiffusionXLPipeline.from_pretrained(tmp_path / weighting).unet.state_dict()
     for a, b in (("uniform", "min-snr"), ("uniform", "debiased"), ("min-snr", "debiased")):
         assert not all(torch.equal(unets[a][key], unets[b][key]) for key in unets[a]), f"{a} and {b} trained alike"
+
+
+def test_a_run_can_continue_from_a_saved_toy_keeping_its_vae_and_training_the_rest(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*TINY, "--out-dir", str(first)]) == 2
+    assert main([*TINY, "--start-from", str(first), "--loss-weighting", "uniform", "--out-dir", str(second)]) == 2
+    printed = capsys.readouterr().out
+    assert f"continuing from {first}" in printed and "shapes read right:" in printed
+    # The run's settings, as the flags that differ from the defaults, for the record of how it was made.
+    assert "--loss-weighting uniform" in printed and f"--start-from {first}" in printed and "--unet-steps 3" in printed
+    before, after = _weights(first), _weights(second)
+    vae = [key for key in before if key.startswith("vae.")]
+    assert all(torch.equal(before[key], after[key]) for key in vae)
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(name + ".")), name
+    scaling = [StableDiffusionXLPipeline.from_pretrained(f).vae.config.scaling_factor for f in (first, second)]
+    assert scaling[0] == scaling[1]
+    # The folder it started from is not recorded in what it wrote.
+    assert not [path for path in second.rglob("*.json") if str(tmp_path) in path.read_text()]
+
+
+def test_a_start_folder_without_a_toy_is_refused_by_name(tmp_path, capsys):
+    assert main([*TINY, "--start-from", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "start_from" in err and "model_index.json" in err
+    assert not (tmp_path / "w").exists()

@@ -5,16 +5,30 @@ Run: ``python -m lllite.anima.pretrain --out-dir lllite/anima/weights --overwrit
 SDXL's shape-weighted reconstruction loss), sets the VAE's ``latents_mean`` / ``latents_std`` to the training
 latents' per-channel statistics (as Qwen-Image's config holds its own), then trains the DiT together with the
 LLM adapter and the Qwen3 text encoder with Anima's rectified-flow objective (:mod:`lllite.anima.objective`),
-writes the pipeline (float16) and prints the quality gate: per caption, the fraction of seeds that show a blob
-of the caption's colour with a plausible size.
+writes the pipeline (float16), prints the quality gate (per caption, the fraction of seeds that show a blob of
+the caption's colour with a plausible size) and how often an unconditioned sample shows the caption's shape
+(:func:`lllite.toy.pretraining.report_shapes`). With ``--start-from FOLDER`` a run continues from a saved toy:
+the VAE's encoder and latent statistics stay (so the latents do too), its decoder trains on, and so do the DiT,
+the adapter and the text encoder. Each stage stops at its step count or its time budget, so a run on a busier
+or faster machine takes other step counts and gives other (not bit-equal) weights.
 
-The shipped weights took 20.3 minutes in one thread on a 2-core machine that another process shared part of
-the time: VAE 1720 steps in its 9-minute budget (held-out round-trip IoU 0.83 to 0.89 by colour), DiT 7515
-steps in its 11 minutes, the gate 0.2 minutes; worst caption 87.5%, mean 94.8%. Each stage stops at its time
-budget, so a run on a busier or faster machine takes other step counts and gives other (not bit-equal) weights.
-The gate checks colour only: the toy draws the caption's colour, but its shapes are rounded blobs that a
-fill-ratio test tells apart no better than chance. Moving three minutes from the VAE to the DiT (6 + 14) made
-colours worse (worst caption 31%) and shapes no better.
+The shipped weights come from two runs, 57.7 minutes in all in one thread on a 2-core machine:
+
+1. ``python -m lllite.anima.pretrain --out-dir stage1``, every setting at its default (20.3 minutes, the machine
+   shared part of the time): VAE 1720 steps in its 9 minutes (held-out round-trip IoU 0.83 to 0.89 by colour),
+   DiT 7515 steps in its 11. Colour 97.9% of unconditioned samples, shape 14.6%: rounded blobs. Moving three
+   minutes from the VAE to the DiT (6 + 14) made colours worse (worst caption 31%) and shapes no better.
+2. ``--start-from stage1 --out-dir weights --vae-steps 3000 --vae-minutes 12 --dit-steps 20000 --dit-minutes 25
+   --dit-lr 5e-4 --text-lr 5e-4`` (37.4 minutes): the decoder 2509 steps in its 12 minutes (round trip 0.92 to
+   0.95), the DiT 14016 steps in its 25. Colour 100%, shape 27.1% (circles 20 of 32, squares 6, triangles 0:
+   most triangles and squares read as no clear shape); worst caption of the gate 93.8%.
+
+A third run from there, the DiT alone for 30 minutes with ``--timestep-sampling uniform`` at 3e-4, drew more
+shapes (36.5%) but lost colour (94.8%), and is not shipped. On 64 px images the DiT sees a 4 x 4 grid of
+patches (8 x 8 latents, patch 2); in an hour of training it learnt colour and place, and few corners.
+Shapes and colours here are those of 8 seeds per caption, 20 steps, guidance 5 (``benches/toy_shapes.py``).
+
+Every run prints the flags it was given first, for the record.
 """
 from __future__ import annotations
 
@@ -30,7 +44,7 @@ from tqdm.auto import tqdm
 
 from lllite.anima.objective import noisy_latents, sample_sigmas, velocity
 from lllite.anima.pipeline import (MODULAR_INDEX, decode_latents, encode_images, encode_prompts, generate,
-                                   save_pipeline, to_uint8_images, transformer_inputs)
+                                   load_pipeline, save_pipeline, to_uint8_images, transformer_inputs)
 from lllite.anima.toy import WEIGHTS_DIR, build_pipeline
 from lllite.metrics import has_colour_blob
 from lllite.objective import lr_factor, noise_loss
@@ -68,6 +82,9 @@ class PretrainConfig:
     dit_lr: float = 1e-3
     # The text encoder and the adapter learn with the DiT: a random Qwen3 would barely tell the colours apart.
     text_lr: float = 1e-3
+    # How the DiT's noise levels are drawn (see lllite.anima.objective): "sigmoid" (logit-normal) centres them on t = 0.5; "uniform" gives the noisiest levels, where a shape's outline is decided, as much
+    # weight as the rest.
+    timestep_sampling: str = "sigmoid"
     warmup_steps: int = 200
     ema_decay: float = 0.999
     # A dropped caption becomes the empty prompt, which sampling feeds as the negative prompt.
@@ -80,18 +97,30 @@ class PretrainConfig:
     # two OpenMP threads wait on each other (the VAE ran 5.3 steps/s with two threads on an idle 2-core
     # machine, 3.4 with one, and 1.5 with two while another process kept one core busy).
     threads: int = 1
+    # A saved toy Anima folder to continue from (empty: build one from random weights). Its VAE's encoder and
+    # latent statistics are kept, so the latents the DiT learnt stay what they were: the VAE stage trains the
+    # decoder alone; the DiT, the adapter and the text encoder train on from their saved weights.
+    start_from: str = ""
 
 
-def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig) -> None:
+def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfig, decoder_only: bool = False) -> None:
     """Shape- and outline-weighted MSE of the reconstruction, an L1 term on image gradients, a small KL term.
 
     The images go through as one-frame videos (B, 3, 1, H, W), as the pipeline's encode and decode steps pass them.
+    With ``decoder_only`` the encoder (and so every latent) stays as it is and only the decoder learns.
     """
-    # A small posterior std from the start: at std 1 the sampled latents are mostly noise for a long while.
-    with torch.no_grad():
-        vae.quant_conv.bias[vae.config.z_dim :] = cfg.initial_logvar
+    if decoder_only:
+        vae.requires_grad_(False)
+        trained = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+        for parameter in trained:
+            parameter.requires_grad_(True)
+    else:
+        trained = list(vae.parameters())
+        # A small posterior std from the start: at std 1 the sampled latents are mostly noise for a long while.
+        with torch.no_grad():
+            vae.quant_conv.bias[vae.config.z_dim :] = cfg.initial_logvar
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained, lr=cfg.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     started, done = time.monotonic(), 0
     progress = tqdm(range(cfg.vae_steps), desc="VAE", unit="step", mininterval=10)
@@ -104,13 +133,16 @@ def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfi
                                                                   time_used, MIN_LR_RATE)
         index = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
         batch, mask = pixels[index], masks[index]
-        posterior = vae.encode(batch.unsqueeze(2)).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(batch.unsqueeze(2)).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample[:, :, 0]
         reconstruction_loss, gradient_loss, _ = reconstruction_losses(reconstruction, batch, mask, cfg.edge_band_px,
                                                                       cfg.shape_weight, cfg.edge_weight)
         kl = posterior.kl().mean()
-        loss = reconstruction_loss + cfg.gradient_weight * gradient_loss + cfg.kl_weight * kl
+        loss = reconstruction_loss + cfg.gradient_weight * gradient_loss
+        if not decoder_only:
+            loss = loss + cfg.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,7 +198,7 @@ def train_dit(pipe, latents: torch.Tensor, captions: list[str], cfg: PretrainCon
         index = torch.randint(len(latents), (cfg.dit_batch,), generator=generator)
         clean = latents[index]
         noise = torch.randn(clean.shape, generator=generator)
-        sigmas = sample_sigmas("sigmoid", cfg.dit_batch, generator)
+        sigmas = sample_sigmas(cfg.timestep_sampling, cfg.dit_batch, generator)
         keep = torch.rand(cfg.dit_batch, generator=generator) >= cfg.caption_dropout
         text = encode_prompts(pipe, distinct)["encoder_hidden_states"]
         prompt_index = torch.where(keep, caption_index[index], torch.full_like(index, empty))
@@ -212,18 +244,37 @@ def quality_gate(pipe, seeds: int = 16, num_inference_steps: int = 20, guidance_
     return rates
 
 
+def _starting_pipeline(cfg: PretrainConfig):
+    """A fresh toy Anima (random weights), or the saved one that ``cfg.start_from`` names, in float32."""
+    if not cfg.start_from:
+        return build_pipeline("toy", seed=cfg.seed)
+    folder = Path(cfg.start_from)
+    if not (folder / MODULAR_INDEX).is_file():
+        raise PretrainError(f"start_from {str(folder)!r} holds no saved toy Anima (no {MODULAR_INDEX}); pass the "
+                            "folder of one, or leave start_from empty to pretrain from scratch")
+    pipe = load_pipeline(folder, dtype=torch.float32)
+    pretraining.forget_source_folder(pipe)
+    return pipe
+
+
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Train the toy Anima, save it to ``cfg.out_dir`` (float16) and return the quality gate's rates."""
     if cfg.image_size % 16:
         raise PretrainError(f"image_size must be a multiple of 16 (VAE 8 x patch 2), got {cfg.image_size}")
+    if cfg.timestep_sampling not in ("sigmoid", "uniform"):
+        raise PretrainError(f"timestep_sampling must be sigmoid or uniform, got {cfg.timestep_sampling!r}")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    pipe = build_pipeline("toy", seed=cfg.seed)
+    pipe = _starting_pipeline(cfg)
     started = time.monotonic()
     pixels, masks, captions = render_training_set(cfg)
 
-    train_vae(pipe.vae, pixels, masks, cfg)
-    latents = set_latent_statistics(pipe, pixels)
+    train_vae(pipe.vae, pixels, masks, cfg, decoder_only=bool(cfg.start_from))
+    if cfg.start_from:
+        with torch.no_grad():
+            latents = torch.cat([encode_images(pipe, pixels[start : start + 64]) for start in range(0, len(pixels), 64)])
+    else:
+        latents = set_latent_statistics(pipe, pixels)
     print("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
         f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
     print(f"VAE done after {(time.monotonic() - started) / 60:.1f} min")
@@ -243,6 +294,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         print(f"  {caption:<18} {rate:6.1%}")
     worst = min(rates.values())
     print(f"quality gate: worst caption {worst:.1%} (target >= 80%): {'PASS' if worst >= GATE else 'FAIL'}")
+    pretraining.report_shapes(pipe, generate, cfg.image_size, max(1, cfg.gate_seeds // 2), cfg.gate_steps)
     print(f"pretraining and gate took {(time.monotonic() - started) / 60:.1f} min in all")
     return rates
 

@@ -1,8 +1,10 @@
 """``python -m lllite.toy.pretrain``: pretrain a toy on coloured shapes and write the weights shipped with lllite.
 
-    python -m lllite.toy.pretrain --overwrite                  # the toy SDXL (about an hour on 2 CPU cores)
-    python -m lllite.toy.pretrain --model anima --overwrite    # the toy Anima (about 20 minutes)
+    python -m lllite.toy.pretrain --overwrite                  # the toy SDXL's first stage (an hour on 2 CPU cores)
+    python -m lllite.toy.pretrain --model anima --overwrite    # the toy Anima's first stage (about 20 minutes)
 
+The shipped weights continue from those runs (``--start-from``); each family's pretraining module lists the
+stages and their flags.
 ``--model`` chooses the family (:mod:`lllite.families`); every other option is that family's own pretraining
 command's (:mod:`lllite.sdxl.pretrain`, :mod:`lllite.anima.pretrain`), which ``--help`` after ``--model`` lists.
 """

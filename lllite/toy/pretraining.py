@@ -19,12 +19,15 @@ from tqdm.auto import tqdm
 from lllite.errors import LLLiteError, OutputExistsError
 from lllite.images import from_uint8, to_uint8
 from lllite.metrics import shape_iou
+from lllite.toy.reading import base_shapes
 from lllite.toy.shapes import eval_samples, render_sample
 
 #: Both toys' stages warm up linearly, then decay along a cosine to this fraction of their peak rate.
 MIN_LR_RATE = 0.1
 #: A toy passes its quality gate when its worst caption draws the caption's colour for this share of seeds.
 GATE = 0.8
+#: The share of a base's unconditioned images whose shape the shape reader reads as the caption's, aimed at.
+SHAPE_TARGET = 0.9
 
 
 class PretrainError(LLLiteError):
@@ -90,6 +93,15 @@ def round_trip_iou(round_trip, size: int, count: int = 48) -> dict[str, float]:
     return {colour: sum(v) / len(v) for colour, v in sorted(scores.items())}
 
 
+def report_shapes(pipe, generate, size: int, per_caption: int = 8, num_inference_steps: int = 20) -> float:
+    """Print how often the base draws its caption's shape (:func:`lllite.toy.reading.base_shapes`, ``per_caption``
+    unconditioned images of each caption) and what the misread shapes were read as; return the share read right."""
+    result = base_shapes(pipe, generate, per_caption, size=size, num_inference_steps=num_inference_steps, progress=False)
+    print(f"shapes read right: {result.shape_accuracy:.1%} of {sum(map(len, result.readings.values()))} images "
+          f"(target >= {SHAPE_TARGET:.0%}), colour {result.colour_accuracy:.1%}; read as {result.confusion()}")
+    return result.shape_accuracy
+
+
 def main(argv: list[str] | None, config_class: type, pretrain: Callable[..., dict[str, float]], index: str,
          description: str, prog: str) -> int:
     """A toy's pretraining command: one flag per field of ``config_class``, and ``--overwrite``.
@@ -113,6 +125,10 @@ def main(argv: list[str] | None, config_class: type, pretrain: Callable[..., dic
     args = parser.parse_args(argv)
     overwrite = args.__dict__.pop("overwrite")
     cfg = config_class(**vars(args))
+    changed = [f"--{field.name.replace('_', '-')} {getattr(cfg, field.name)}" for field in fields(config_class)
+               if getattr(cfg, field.name) != getattr(defaults, field.name)]
+    # The run's recipe, for the record of how a pipeline was made.
+    print(f"{prog} " + " ".join(changed) if changed else f"{prog} (every setting at its default)", flush=True)
     try:
         if (Path(cfg.out_dir) / index).exists() and not overwrite:
             raise OutputExistsError(f"{cfg.out_dir} already holds a pipeline; pass --overwrite to replace it")
@@ -121,3 +137,12 @@ def main(argv: list[str] | None, config_class: type, pretrain: Callable[..., dic
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0 if min(rates.values()) >= GATE else 2
+
+
+def forget_source_folder(pipe) -> None:
+    """Drop the ``_name_or_path`` that diffusers records when it loads a model, and saves again: a pipeline
+    that continues from a saved toy should not write this machine's path into the folder it saves."""
+    for part in [pipe, *getattr(pipe, "components", {}).values()]:
+        config = getattr(part, "config", None)
+        if isinstance(config, dict) and "_name_or_path" in config:
+            part._internal_dict = type(config)({k: v for k, v in config.items() if k != "_name_or_path"})
