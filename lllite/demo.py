@@ -12,7 +12,8 @@ the target shape (:mod:`lllite.evaluate`). Strength 0 is the base model alone, w
 anywhere: its IoU is the chance level the control has to beat.
 
 Outputs in ``--out``: ``metrics.json`` (:class:`DemoResult`: the IoU and edge F-score by strength, the IoU at
-the highest strength on shapes of sizes that no training shape has, beside the steps done, the training loop's seconds, steps and samples per second, and the machine),
+the highest strength on shapes of sizes that no training shape has, beside the steps done, the training loop's
+seconds, steps and samples per second, and the machine),
 ``comparison.png`` (control, target, one column per strength), ``iou_vs_strength.png``, the trained
 ``train/lllite_toy_canny.safetensors`` and its loss curve. ``benches/iou_vs_steps.py`` measures how the IoU
 grows with the steps, for what a faster machine would give.
@@ -118,6 +119,8 @@ class DemoResult:
         strength_iou, strength_iou_std, strength_iou_by_colour: the mean shape IoU at each strength (keys
             ``"0.0"`` to ``"1.0"``), its standard deviation over the held-out shapes, and its mean per colour.
         strength_edge_f: the mean edge F-score of each strength (:mod:`lllite.evaluate`).
+        unseen_iou: the mean shape IoU at the highest strength on as many shapes, of sizes no training shape has
+            (:func:`unseen_iou`).
         weights: the trained network's file.
         train_seconds: time in the training loop (not the data, the caching or the evaluation).
         train_steps: optimizer steps done.
