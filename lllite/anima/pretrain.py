@@ -82,8 +82,9 @@ class PretrainConfig:
     dit_lr: float = 1e-3
     # The text encoder and the adapter learn with the DiT: a random Qwen3 would barely tell the colours apart.
     text_lr: float = 1e-3
-    # How the DiT's noise levels are drawn (see lllite.anima.objective): "sigmoid" (logit-normal) centres them on t = 0.5; "uniform" gives the noisiest levels, where a shape's outline is decided, as much
-    # weight as the rest.
+    # How the DiT's noise levels are drawn (see lllite.anima.objective): "sigmoid" (logit-normal) centres them
+    # on t = 0.5; "uniform" gives the noisiest levels, where a shape's outline is decided, as much weight as the
+    # rest.
     timestep_sampling: str = "sigmoid"
     warmup_steps: int = 200
     ema_decay: float = 0.999
@@ -154,12 +155,18 @@ def train_vae(vae, pixels: torch.Tensor, masks: torch.Tensor, cfg: PretrainConfi
 
 
 @torch.no_grad()
+def encode_training_set(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`encode_images` of every training image, 64 at a time, (N, 16, h, w)."""
+    with torch.no_grad():
+        return torch.cat([encode_images(pipe, pixels[start : start + 64]) for start in range(0, len(pixels), 64)])
+
+
 def set_latent_statistics(pipe, pixels: torch.Tensor) -> torch.Tensor:
     """Set the VAE config's ``latents_mean`` / ``latents_std`` to the per-channel statistics of the training
     images' latents, and return those latents normalised (:func:`encode_images`), (N, 16, h, w)."""
     vae = pipe.vae
     vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
-    raw = torch.cat([encode_images(pipe, pixels[start : start + 64]) for start in range(0, len(pixels), 64)])
+    raw = encode_training_set(pipe, pixels)
     mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3))
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
     return (raw - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
@@ -270,11 +277,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     pixels, masks, captions = render_training_set(cfg)
 
     train_vae(pipe.vae, pixels, masks, cfg, decoder_only=bool(cfg.start_from))
-    if cfg.start_from:
-        with torch.no_grad():
-            latents = torch.cat([encode_images(pipe, pixels[start : start + 64]) for start in range(0, len(pixels), 64)])
-    else:
-        latents = set_latent_statistics(pipe, pixels)
+    # A continued run keeps the VAE's latent statistics, and so the latents the DiT learnt.
+    latents = encode_training_set(pipe, pixels) if cfg.start_from else set_latent_statistics(pipe, pixels)
     print("VAE round trip, mean shape IoU by colour on held-out images: " + ", ".join(
         f"{colour} {iou:.2f}" for colour, iou in vae_round_trip_iou(pipe, cfg.image_size).items()))
     print(f"VAE done after {(time.monotonic() - started) / 60:.1f} min")

@@ -429,12 +429,12 @@ def _pretrain(cfg: PretrainConfig, group: _Group) -> dict[str, float]:
     started = time.monotonic()
     pixels, masks, captions = render_training_set(cfg, progress=group.main)
 
+    if not cfg.start_from:
+        train_vae(pipe, pixels, masks, cfg, group)
+    latent_mean, latent_std = encode_latents(pipe, pixels, group)
     if cfg.start_from:
-        latent_mean, latent_std = encode_latents(pipe, pixels, group)
         say(f"continuing from {cfg.start_from}: its VAE and scaling_factor {pipe.vae.config.scaling_factor:.4f} kept")
     else:
-        train_vae(pipe, pixels, masks, cfg, group)
-        latent_mean, latent_std = encode_latents(pipe, pixels, group)
         generator = torch.Generator().manual_seed(cfg.seed + 3)
         sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)
         pipe.vae.register_to_config(scaling_factor=float(1 / sampled.std()))

@@ -198,15 +198,15 @@ class ToyRecipe(Recipe):
     ``debiased_estimation_loss`` (see :class:`lllite.train.TrainConfig`).
 
     How the defaults were chosen: tuned on an earlier base (16000 pretraining steps). With these settings in two
-    processes the next base (6000 steps weighted by 1/sqrt(SNR)) scored 0.68, and the shipped one, which
-    continues it until 91.7% of its samples show their caption's shape, 0.731 (999 steps, an idle 2-core machine). Measured on the held-out shapes after
-    5 minutes (about 950 steps) in one process, mean IoU at strength 1: the noise loss alone 0.46, weighted by
-    1/sqrt(SNR) 0.70, and with the learning rate doubled to 4e-3 0.72; batch 4 and 16, uniform timesteps, no
-    up path, a learning rate of 8e-3 and network_dim 128 all scored lower. In two processes of batch 8 (about
-    780 steps of 16): 0.75, and 0.67 at a learning rate of 6e-3; two processes of batch 4 made no more steps
-    than one process of batch 8 (0.68). ``compile`` is off: in the demo's two CPU processes compiling took 2.5
-    of its 5 minutes and the compiled step was about 8% faster, so it made 833 steps (IoU 0.56 at strength 1)
-    against eager's 1519 and 1552 (0.79 in both runs).
+    processes the next base (6000 steps weighted by 1/sqrt(SNR)) scored 0.68, and the shipped one, which continues
+    it until 91.7% of its samples show their caption's shape, 0.731 (999 steps, an idle 2-core machine). Measured on
+    the held-out shapes after 5 minutes (about 950 steps) in one process, mean IoU at strength 1: the noise loss
+    alone 0.46, weighted by 1/sqrt(SNR) 0.70, and with the learning rate doubled to 4e-3 0.72; batch 4 and 16,
+    uniform timesteps, no up path, a learning rate of 8e-3 and network_dim 128 all scored lower. In two processes of
+    batch 8 (about 780 steps of 16): 0.75, and 0.67 at a learning rate of 6e-3; two processes of batch 4 made no
+    more steps than one process of batch 8 (0.68). ``compile`` is off: in the demo's two CPU processes compiling
+    took 2.5 of its 5 minutes and the compiled step was about 8% faster, so it made 833 steps (IoU 0.56 at strength
+    1) against eager's 1519 and 1552 (0.79 in both runs).
     """
 
     size: int = IMAGE_SIZE

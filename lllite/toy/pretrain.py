@@ -5,6 +5,7 @@
 
 The shipped weights continue from those runs (``--start-from``); each family's pretraining module lists the
 stages and their flags.
+
 ``--model`` chooses the family (:mod:`lllite.families`); every other option is that family's own pretraining
 command's (:mod:`lllite.sdxl.pretrain`, :mod:`lllite.anima.pretrain`), which ``--help`` after ``--model`` lists.
 """

@@ -96,7 +96,8 @@ def round_trip_iou(round_trip, size: int, count: int = 48) -> dict[str, float]:
 def report_shapes(pipe, generate, size: int, per_caption: int = 8, num_inference_steps: int = 20) -> float:
     """Print how often the base draws its caption's shape (:func:`lllite.toy.reading.base_shapes`, ``per_caption``
     unconditioned images of each caption) and what the misread shapes were read as; return the share read right."""
-    result = base_shapes(pipe, generate, per_caption, size=size, num_inference_steps=num_inference_steps, progress=False)
+    result = base_shapes(pipe, generate, per_caption, size=size, num_inference_steps=num_inference_steps,
+                         progress=False)
     print(f"shapes read right: {result.shape_accuracy:.1%} of {sum(map(len, result.readings.values()))} images "
           f"(target >= {SHAPE_TARGET:.0%}), colour {result.colour_accuracy:.1%}; read as {result.confusion()}")
     return result.shape_accuracy
