@@ -78,6 +78,11 @@ def mixed_precision(requested: str, half_dtypes: tuple[torch.dtype, ...], device
                   "in fp16; training in float32 instead (twice bf16's memory for the frozen model)")
 
 
+def float32_region(device_type: str):
+    """A context in which no autocast applies on ``device_type`` (what :func:`in_float32` computes in)."""
+    return torch.autocast(device_type, enabled=False) if device_type in AUTOCAST_DEVICES else nullcontext()
+
+
 def in_float32(module: torch.nn.Module, image: torch.Tensor, *more) -> torch.Tensor:
     """``module(image, *more)`` computed in float32 whatever the module's dtype and any autocast, returned in the
     module's dtype: for the small convolution stacks that embed a control image (once per image, a negligible
@@ -89,10 +94,8 @@ def in_float32(module: torch.nn.Module, image: torch.Tensor, *more) -> torch.Ten
     """
     dtype = next(module.parameters()).dtype
     params = {name: tensor.float() for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
-    device = image.device.type
-    no_autocast = torch.autocast(device, enabled=False) if device in AUTOCAST_DEVICES else nullcontext()
     inputs = (image.float(), *(m.float() if isinstance(m, torch.Tensor) else m for m in more))
-    with no_autocast:
+    with float32_region(image.device.type):
         out = torch.func.functional_call(module, params, inputs)
     return out.to(dtype)
 

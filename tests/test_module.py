@@ -61,3 +61,21 @@ def test_token_grid_rounds_odd_sizes_up_like_the_unets_downsamplers():
 def test_bad_dimensions_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LLLiteModule(**kwargs)
+
+
+@pytest.mark.parametrize("latent", [(8, 12), (11, 15)])
+def test_embedding_terms_together_equal_each_groups_own(latent):
+    """Training's batched embedding (every module's convolutions as matmuls over patches, all modules at once) gives
+    each group's terms as its modules compute them one by one, at every depth; an odd latent's image is padded
+    to a multiple of 32 pixels, as the network pads it, and the embeddings are cropped to the token grid."""
+    from lllite.sdxl.group import ModuleGroup, embedding_terms_together
+
+    torch.manual_seed(0)
+    groups = [ModuleGroup([f"{depth}.{i}" for i in range(count)],
+                          [LLLiteModule(in_dim=12, cond_emb_dim=6, network_dim=5, depth=depth, zero_init=False)
+                           for _ in range(count)])
+              for depth, count in [(1, 3), (2, 1), (3, 2), (2, 2)]]
+    image = torch.rand(2, 3, -(-latent[0] * 8 // 32) * 32, -(-latent[1] * 8 // 32) * 32) * 2 - 1
+    together = embedding_terms_together(groups, image, latent)
+    for group, terms in zip(groups, together):
+        torch.testing.assert_close(terms, group.embedding_terms(image, latent), rtol=1e-5, atol=1e-6)

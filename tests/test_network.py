@@ -264,6 +264,40 @@ def test_training_mode_recomputes_the_embedding_with_gradients(tiny_unet, networ
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_training_embeds_every_module_together_with_the_values_and_gradients_of_one_by_one(
+        tiny_unet, network, monkeypatch):
+    """Training computes all embedding terms at once before the first block; under gradient checkpointing each
+    group embeds in its block, one module at a time, as inference does. Same outputs, same gradients."""
+    import lllite.sdxl.network as sdxl_network
+
+    calls = []
+    together = sdxl_network.embedding_terms_together
+    monkeypatch.setattr(sdxl_network, "embedding_terms_together", lambda *a: calls.append(1) or together(*a))
+    tiny_unet.requires_grad_(False)
+    network.apply_to(tiny_unet).train()
+    network.set_cond_image(control(batch=2, seed=3))
+
+    def step():
+        network.zero_grad()
+        out = tiny_unet(**unet_inputs(batch=2)).sample
+        out.square().mean().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in network.named_parameters()}
+
+    out_together, grads_together = step()
+    assert len(calls) == 1
+    tiny_unet.enable_gradient_checkpointing()
+    out_one_by_one, grads_one_by_one = step()
+    assert len(calls) == 1
+    torch.testing.assert_close(out_together, out_one_by_one, rtol=0, atol=1e-6)
+    assert grads_together.keys() == grads_one_by_one.keys()
+    for name, grad in grads_together.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, grads_one_by_one[name], rtol=1e-5, atol=1e-7, msg=name)
+    tiny_unet.disable_gradient_checkpointing()
+    network.eval()
+    torch.testing.assert_close(run(tiny_unet), out_together, rtol=0, atol=1e-6)
+
+
 def test_step_range_switches_the_control_by_timestep_on_a_bare_unet(tiny_unet, network):
     network.apply_to(tiny_unet)
     network.set_cond_image(control())

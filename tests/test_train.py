@@ -167,8 +167,10 @@ def test_bf16_mixed_precision_keeps_the_network_in_float32_and_learns(shapes, tm
 def test_gradient_checkpointing_and_uncached_inputs_train_the_same_weights(shapes, tmp_path):
     plain = weights_of(train(config(shapes, tmp_path / "a", max_train_steps=2), build_pipeline("test")).network)
     checkpointed = train(config(shapes, tmp_path / "b", max_train_steps=2, gradient_checkpointing=True), build_pipeline("test"))
+    # Checkpointed blocks embed the control one module at a time, plain training all modules in one matmul per
+    # layer: sums in another order, which Adam's first steps turn into differences of under 1% of a step (lr 1e-3).
     for key, value in plain.items():
-        torch.testing.assert_close(checkpointed.network.state_dict()[key], value, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(checkpointed.network.state_dict()[key], value, rtol=0, atol=1e-5)
     # Encoding per batch instead of once sums in another order; Adam turns that into small step differences.
     uncached = train(config(shapes, tmp_path / "c", max_train_steps=2, cache_latents=False,
                             cache_text_encoder_outputs=False), build_pipeline("test"))

@@ -10,17 +10,25 @@ half that reads the conditioning embedding ``e`` is split off:
 ``e @ W_e^T + b`` (the *embedding term*) is fixed for as long as the control image is, so at
 inference it is computed once per image, like the embedding itself.
 
+In training, where the embeddings train and so are computed in every step, the embedding terms of all
+groups are computed together (:func:`embedding_terms_together`): the conditioning convolutions, whose
+kernel is their stride, as matmuls over patches (the first layer of every module in one, each later layer
+of all modules in one batched matmul), and ``mid``'s embedding halves as one batched matmul.
+
 Grouping changes how the modules are computed, never what: each module keeps its parameters and
 kohya's names, and a group of one is a single module.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..controls import token_grid
+from ..precision import float32_region
 from .module import LLLiteModule
 from .names import TARGET_LINEARS
 
@@ -62,6 +70,8 @@ class ModuleGroup:
         self.cached: tuple[GroupWeights | None, torch.Tensor] | None = None
         #: (input, changes) from the group's first Linear, for the others in the same UNet call
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: training: this UNet call's embedding terms, with gradients (:func:`embedding_terms_together`)
+        self.step_terms: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -105,6 +115,77 @@ class ModuleGroup:
         h = h.view(batch * tokens, g, width).transpose(0, 1)  # (g, B*N, M)
         h = F.relu(torch.baddbmm(terms.flatten(1, 2), h, weights.mid_weight))
         return torch.baddbmm(weights.up_bias, h, weights.up_weight).view(g, batch, tokens, channels)
+
+
+def embedding_terms_together(groups: list[ModuleGroup], image: torch.Tensor,
+                             latent_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Every group's :meth:`ModuleGroup.embedding_terms` for one control image, computed together: per depth, one
+    matmul over the image's patches for every module's first layer, one batched matmul for each later layer (in
+    float32, as :func:`lllite.precision.in_float32` computes one module's), and one for ``mid``'s embedding
+    halves. Training computes them so, in every step; the values are those of the groups one by one.
+
+    Returns:
+        one tensor per group, (g, B_image, N, M), in ``groups``' order.
+    """
+    dtype = groups[0].modules[0].down[0].weight.dtype
+    members: dict[tuple[int, int], list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault((group.depth, group.modules[0].cond_emb_dim), []).append(i)
+    terms: list[torch.Tensor | None] = [None] * len(groups)
+    for (depth, width), indices in members.items():
+        modules = [m for i in indices for m in groups[i].modules]
+        emb = _embed_together(modules, image, token_grid(latent_size, depth)).to(dtype)  # (n, B, N, E)
+        weight = torch.stack([m.mid[0].weight[:, :width].t() for m in modules])  # (n, E, M)
+        bias = torch.stack([m.mid[0].bias for m in modules]).unsqueeze(1)  # (n, 1, M)
+        n, batch, tokens, _ = emb.shape
+        mid = torch.baddbmm(bias, emb.flatten(1, 2), weight).view(n, batch, tokens, -1)
+        for i, part in zip(indices, mid.split([len(groups[i]) for i in indices])):  # one backward for all
+            terms[i] = part
+    return terms
+
+
+def _embed_together(modules: list[LLLiteModule], image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``module.embed(image, grid)`` of modules of one depth and width, stacked: (n, B, N, E), in float32.
+
+    Every convolution of the conditioning stack has its kernel as its stride and no padding, so each output cell
+    reads its own block of pixels and a layer is a matmul over its input's patches. The pixels are put once in
+    the order the layers read them (each layer's kernel offsets ahead of the next layer's, then the cells), so
+    that every layer is one matmul of all modules' weights over the previous layer's output as it lies.
+    """
+    n = len(modules)
+    layers = [i for i, layer in enumerate(modules[0].conditioning1) if isinstance(layer, nn.Conv2d)]
+    strides = []
+    for i in layers:
+        conv = modules[0].conditioning1[i]
+        if conv.kernel_size != conv.stride or conv.stride[0] != conv.stride[1] or conv.padding != (0, 0):
+            raise ValueError(f"conditioning layer {conv} is not a patch embedding (kernel = stride, no padding)")
+        strides.append(conv.stride[0])
+    levels, cell = len(strides), math.prod(strides)
+    batch, channels = image.shape[:2]
+    rows, cols = image.shape[-2] // cell, image.shape[-1] // cell
+    # (B, C, rows, o_L .. o_1, cols, o_L .. o_1), o_k the offset inside layer k's kernel, to
+    # (C, o_1 y, o_1 x, .., o_L y, o_L x, B, rows, cols)
+    pixels = image[..., : rows * cell, : cols * cell].float().reshape(
+        batch, channels, rows, *strides[::-1], cols, *strides[::-1])
+    order = [1, *(d for k in range(levels) for d in (2 + levels - k, 3 + 2 * levels - k)), 0, 2, 3 + levels]
+    x = pixels.permute(order).reshape(channels * strides[0] ** 2, -1)
+    with float32_region(image.device.type):
+        for k, i in enumerate(layers):
+            weight = torch.stack([m.conditioning1[i].weight.float() for m in modules])  # (n, out, in, s, s)
+            bias = torch.stack([m.conditioning1[i].bias.float() for m in modules]).unsqueeze(-1)  # (n, out, 1)
+            if k == 0:  # every module reads the same pixels: one matmul
+                x = torch.addmm(bias.flatten(0, 1), weight.flatten(0, 1).flatten(1), x)
+            else:  # (n, in * s * s, rest): this layer's patches, as the previous layer left them
+                x = torch.baddbmm(bias, weight.flatten(2), x.reshape(n, weight[0, 0].numel(), -1))
+            if k + 1 < levels:
+                x = F.relu(x)
+    emb = x.reshape(n, -1, batch, rows, cols)[:, :, :, : grid[0], : grid[1]]
+    if tuple(emb.shape[-2:]) != grid:
+        raise ValueError(
+            f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "
+            f"smaller than the block's {grid} token grid"
+        )
+    return emb.flatten(3).permute(0, 2, 3, 1)
 
 
 def group_modules(modules: dict[str, LLLiteModule], paths: dict[str, str]) -> list[ModuleGroup]:

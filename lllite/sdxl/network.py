@@ -24,7 +24,7 @@ from ..errors import LLLiteError
 from ..hooks import model_and_pipeline
 from .config import LLLiteConfig
 from .fileformat import default_metadata, modules_from_state_dict
-from .group import GroupWeights, ModuleGroup, group_modules
+from .group import GroupWeights, ModuleGroup, embedding_terms_together, group_modules
 from .module import LLLiteModule, conditioning_stride
 from .names import Target, find_targets, is_up_path
 
@@ -54,6 +54,7 @@ class LLLiteNetwork(ControlledNetwork):
             self.add_module(name, module)
         self._prepared: torch.Tensor | None = None  # the control image at the generated size (training)
         self._cached_for: tuple | None = None  # what the groups' cached tensors were computed for
+        self._terms_together = False  # training without gradient checkpointing: all embedding terms at once
         self._groups: list[ModuleGroup] = []
         self._group_of: dict[str, tuple[ModuleGroup, int]] = {}
         self._weights: list[nn.Parameter] | None = None  # self.parameters(), listed once: read every UNet call
@@ -166,7 +167,7 @@ class LLLiteNetwork(ControlledNetwork):
 
     def _start_call(self) -> None:
         for group in self._groups:
-            group.pending = None
+            group.pending = group.step_terms = None
 
     def _mask_depths(self) -> set[int]:
         return {group.depth for group in self._groups}
@@ -177,6 +178,9 @@ class LLLiteNetwork(ControlledNetwork):
         UNet batch."""
         images = self._image.shape[0]
         parameter = next(self.parameters())
+        # Under gradient checkpointing each group embeds inside its block, which the checkpoint recomputes;
+        # computed together before the first block, every module's convolutions would be kept for the backward.
+        self._terms_together = trains and not getattr(self._attachment.model, "is_gradient_checkpointing", False)
         versions = None if trains else self._weights_version()
         key = (self._image_version, self._latent_size, batch, parameter.device, parameter.dtype, trains, versions)
         if key == self._cached_for:
@@ -212,6 +216,13 @@ class LLLiteNetwork(ControlledNetwork):
         return prepared.to(dtype)
 
     # ------------------------------------------------------------------ inside the UNet call (traced when compiled)
+    def _step_started(self) -> None:
+        """Training: every group's embedding terms with gradients, together, before the first block."""
+        if self._terms_together and self._prepared is not None:
+            for group, terms in zip(self._groups, embedding_terms_together(self._groups, self._prepared,
+                                                                          self._latent_size)):
+                group.step_terms = terms
+
     def _module_change(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         group, index = self._group_of[name]
         pending = group.pending
@@ -225,7 +236,9 @@ class LLLiteNetwork(ControlledNetwork):
     def _group_changes(self, group: ModuleGroup, x: torch.Tensor) -> torch.Tensor:
         dtype = group.modules[0].down[0].weight.dtype
         if self.training and torch.is_grad_enabled():  # the embeddings train: computed in every step
-            terms = group.embedding_terms(self._prepared, self._latent_size)
+            terms = group.step_terms
+            if terms is None:
+                terms = group.embedding_terms(self._prepared, self._latent_size)
             if x.shape[0] % terms.shape[1] == 0:
                 terms = terms.repeat(1, x.shape[0] // terms.shape[1], 1, 1)
             weights = group.weights()
