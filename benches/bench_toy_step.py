@@ -6,8 +6,8 @@ One step as each of the demo's processes makes it: batch 8 at 128 px (16 x 16 la
 network (up path, 32/64, 28 modules), a forward through the frozen UNet, the backward, and the fused AdamW
 step that training makes. The inputs are random: the time does not depend on their values.
 
-    python benches/bench_toy_step.py --threads 1               # one demo process's core
-    python benches/bench_toy_step.py --threads 1 --repeats 60
+    python benches/bench_toy_step.py --threads 1 --repeats 40  # one demo process's core, about a minute
+    python benches/bench_toy_step.py --quick                   # 3 repetitions: a smoke test
 """
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ BATCH = 8
 def main(argv: list[str] | None = None) -> dict:
     config = parse_config("toy_step", __doc__.splitlines()[0], sizes=[toy.IMAGE_SIZE], quick_sizes=[toy.IMAGE_SIZE],
                           argv=argv)
-    if config.repeats < 10 and not config.quick:
-        config.repeats = 30
     size = config.sizes[0]
     pipe = toy.load_pretrained()
     unet = pipe.unet.requires_grad_(False)
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             LLLiteNetwork._step_started = started
 
-    times = interleaved({"together": together, "one by one": one_by_one}, config.repeats, max(config.warmup, 3),
+    times = interleaved({"together": together, "one by one": one_by_one}, config.repeats, config.warmup,
                         progress="toy training step")
     stats = summary(times, baseline="one by one")
     for name, s in stats.items():
