@@ -13,7 +13,7 @@ inference it is computed once per image, like the embedding itself.
 In training, where the embeddings train and so are computed in every step, the embedding terms of all
 groups are computed together (:func:`embedding_terms_together`): the conditioning convolutions, whose
 kernel is their stride, as matmuls over patches (the first layer of every module in one, each later layer
-of all modules in one batched matmul).
+of all modules in one batched matmul), and ``mid``'s embedding halves as one batched matmul.
 
 Grouping changes how the modules are computed, never what: each module keeps its parameters and
 kohya's names, and a group of one is a single module.
@@ -120,9 +120,9 @@ class ModuleGroup:
 def embedding_terms_together(groups: list[ModuleGroup], image: torch.Tensor,
                              latent_size: tuple[int, int]) -> list[torch.Tensor]:
     """Every group's :meth:`ModuleGroup.embedding_terms` for one control image, computed together: per depth, one
-    matmul over the image's patches for every module's first layer and one batched matmul for each later layer (in
-    float32, as :func:`lllite.precision.in_float32` computes one module's); ``mid``'s embedding halves module by
-    module. Training computes them so, in every step; the values are those of the groups one by one.
+    matmul over the image's patches for every module's first layer, one batched matmul for each later layer (in
+    float32, as :func:`lllite.precision.in_float32` computes one module's), and one for ``mid``'s embedding
+    halves. Training computes them so, in every step; the values are those of the groups one by one.
 
     Returns:
         one tensor per group, (g, B_image, N, M), in ``groups``' order.
@@ -132,11 +132,13 @@ def embedding_terms_together(groups: list[ModuleGroup], image: torch.Tensor,
     for i, group in enumerate(groups):
         members.setdefault((group.depth, group.modules[0].cond_emb_dim), []).append(i)
     terms: list[torch.Tensor | None] = [None] * len(groups)
-    for (depth, _), indices in members.items():
+    for (depth, width), indices in members.items():
         modules = [m for i in indices for m in groups[i].modules]
         emb = _embed_together(modules, image, token_grid(latent_size, depth)).to(dtype)  # (n, B, N, E)
-        # mid's embedding half module by module, as inference computes it (the same rounding in half precision)
-        mid = torch.stack([m.mid_embedding(e) for m, e in zip(modules, emb.unbind())])
+        weight = torch.stack([m.mid[0].weight[:, :width].t() for m in modules])  # (n, E, M)
+        bias = torch.stack([m.mid[0].bias for m in modules]).unsqueeze(1)  # (n, 1, M)
+        n, batch, tokens, _ = emb.shape
+        mid = torch.baddbmm(bias, emb.flatten(1, 2), weight).view(n, batch, tokens, -1)
         for i, part in zip(indices, mid.split([len(groups[i]) for i in indices])):  # one backward for all
             terms[i] = part
     return terms
