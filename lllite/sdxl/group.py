@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..controls import token_grid
 from ..precision import float32_region
-from .module import LLLiteModule
+from .module import LLLiteModule, crop_to_grid
 from .names import TARGET_LINEARS
 
 
@@ -179,12 +179,7 @@ def _embed_together(modules: list[LLLiteModule], image: torch.Tensor, grid: tupl
                 x = torch.baddbmm(bias, weight.flatten(2), x.reshape(n, weight[0, 0].numel(), -1))
             if k + 1 < levels:
                 x = F.relu(x)
-    emb = x.reshape(n, -1, batch, rows, cols)[:, :, :, : grid[0], : grid[1]]
-    if tuple(emb.shape[-2:]) != grid:
-        raise ValueError(
-            f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "
-            f"smaller than the block's {grid} token grid"
-        )
+    emb = crop_to_grid(x.reshape(n, -1, batch, rows, cols), image, grid)
     return emb.flatten(3).permute(0, 2, 3, 1)
 
 

@@ -22,6 +22,21 @@ def conditioning_stride(depth: int) -> int:
     return 8 * 2 ** (depth - 1)
 
 
+def crop_to_grid(emb: torch.Tensor, image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A conditioning embedding ``(..., rows, cols)`` of ``image`` cropped to the block's token ``grid``.
+
+    Raises:
+        ValueError: the embedding is smaller than the grid (the image was too small for the block).
+    """
+    emb = emb[..., : grid[0], : grid[1]]
+    if tuple(emb.shape[-2:]) != tuple(grid):
+        raise ValueError(
+            f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "
+            f"smaller than the block's {grid} token grid"
+        )
+    return emb
+
+
 class LLLiteModule(nn.Module):
     """The LLLite adapter of one Linear.
 
@@ -67,12 +82,7 @@ class LLLiteModule(nn.Module):
             image: (B, 3, H, W) in [-1, 1], at least ``grid * conditioning_stride(depth)`` pixels.
             grid: the token grid of the target's block; the embedding is cropped to it.
         """
-        emb = in_float32(self.conditioning1, image)[:, :, : grid[0], : grid[1]]
-        if emb.shape[-2:] != grid:
-            raise ValueError(
-                f"control image of {tuple(image.shape[-2:])} pixels gives a {tuple(emb.shape[-2:])} embedding, "
-                f"smaller than the block's {grid} token grid"
-            )
+        emb = crop_to_grid(in_float32(self.conditioning1, image), image, grid)
         return emb.flatten(2).transpose(1, 2)
 
     def mid_embedding(self, cond_emb: torch.Tensor) -> torch.Tensor:
