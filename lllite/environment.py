@@ -95,7 +95,7 @@ class Environment:
     @property
     def runs(self) -> Path:
         """The notebooks' working folder for this model, ``runs/<model>``: data and runs of one model never
-        meet another's (the toy SDXL's 128 px shapes are not the toy Anima's 64 px ones)."""
+        meet another's (a toy SDXL run's files and networks are SDXL's, a toy Anima run's Anima's)."""
         return Path("runs") / self.model
 
     @property
@@ -118,7 +118,7 @@ def detect_environment(model: str = families.AUTO, environ: Mapping[str, str] | 
 
     Args:
         model: ``"auto"`` (real SDXL on a GPU, the toy world otherwise; or what ``LLLITE_MODEL`` names),
-            ``"toy"``, ``"sdxl"``, ``"anima-toy"`` (the offline toy Anima, 64 px) or ``"anima"`` (real Anima,
+            ``"toy"``, ``"sdxl"``, ``"anima-toy"`` (the offline toy Anima, 128 px) or ``"anima"`` (real Anima,
             from ``anima``).
         environ: environment variables to read ``LLLITE_QUICK``, ``LLLITE_MODEL`` and ``LLLITE_ANIMA`` from
             (default: the process's).

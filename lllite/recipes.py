@@ -33,7 +33,7 @@ def shapes_dataset(env: Environment, folder: str | os.PathLike, count: int | Non
 
     Args:
         env: where it runs (:class:`lllite.environment.Environment`): the model decides the image size
-            (128 px for the toy SDXL, 64 px for the toy Anima, 1024 px for SDXL and Anima), quick mode the count.
+            (128 px for either toy, 1024 px for SDXL and Anima), quick mode the count.
         folder: dataset folder; when ``folder/images`` already holds files they are used as they are.
         count: samples to write (default 16 in quick mode, else the toy recipe's 2000 for a toy and
             200 for SDXL and Anima).

@@ -295,13 +295,14 @@ anima_kinds_table()
 
 # %%
 from lllite.anima import create_network as create_anima_network
+from lllite.anima.toy import IMAGE_SIZE as TOY_ANIMA_SIZE
 from lllite.anima.toy import load_pretrained as load_toy_anima
 from lllite.sampling import gate_map_picture
 
 toy_anima = load_toy_anima()
 v3 = create_anima_network(toy_anima.transformer, cond_input_space="latent", trunk="semantic")
-show(gate_map_picture(toy_anima, v3, canny(render_sample(7, size=64).image), "a red circle",
-                      num_inference_steps=2 if env.quick else 8, height=64, width=64))
+show(gate_map_picture(toy_anima, v3, canny(render_sample(7, size=TOY_ANIMA_SIZE).image), "a red circle",
+                      num_inference_steps=2 if env.quick else 8, height=TOY_ANIMA_SIZE, width=TOY_ANIMA_SIZE))
 
 # %% [markdown]
 # ## Next

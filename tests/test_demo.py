@@ -134,5 +134,5 @@ def test_the_anima_demo_trains_kohyas_v2_network_on_the_toy_anima(tmp_path, monk
 
     assert isinstance(network, AnimaLLLiteNetwork)
     assert network.config.target_layers == AnimaToyRecipe().lllite_target_layers
-    assert Image.open(tmp_path / "comparison.png").height > 2 * 64
-    assert Image.open(tmp_path / "data" / "images" / "000000.png").size == (64, 64)
+    assert Image.open(tmp_path / "comparison.png").height > 2 * 128
+    assert Image.open(tmp_path / "data" / "images" / "000000.png").size == (128, 128)  # the toy Anima's size

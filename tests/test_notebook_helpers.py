@@ -72,9 +72,9 @@ def test_an_unknown_model_choice_names_the_variable():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
-def test_the_toy_anima_is_a_64_pixel_anima_model_and_sdxls_choices_keep_their_family():
+def test_the_toy_anima_is_a_128_pixel_anima_model_and_sdxls_choices_keep_their_family():
     env = detect_environment("anima-toy", {})
-    assert (env.model, env.family, env.toy, env.image_size, env.anima) == ("anima-toy", "anima", True, 64, None)
+    assert (env.model, env.family, env.toy, env.image_size, env.anima) == ("anima-toy", "anima", True, 128, None)
     toy = detect_environment("toy", {})
     assert (toy.family, toy.toy, toy.image_size) == ("sdxl", True, 128)
     assert "toy Anima" in str(env)

@@ -171,7 +171,7 @@ ANIMA_NAMES = ["02_architecture", "03_training", "04_sampling"]
 
 @pytest.fixture(scope="module")
 def anima_workdir(tmp_path_factory):
-    """The toy Anima's runs in their own folder: its shapes are 64 px and its files Anima's."""
+    """The toy Anima's runs in their own folder: its shapes are its own size and its files Anima's."""
     return tmp_path_factory.mktemp("notebooks_anima")
 
 

@@ -23,5 +23,5 @@ def test_the_readme_anima_example_runs_as_written(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(anima, str(README), "exec"), namespace)
     assert isinstance(namespace["network"], AnimaLLLiteNetwork)
-    assert namespace["images"][0].size == (64, 64)
+    assert namespace["images"][0].size == (128, 128)
     assert (tmp_path / "my_anima_lllite.safetensors").is_file()

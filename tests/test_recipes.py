@@ -42,10 +42,10 @@ ANIMA_TOY_CPU = Environment(in_colab=False, gpu=None, device="cpu", model="anima
 ANIMA_GPU = Environment(True, "NVIDIA L4", "cuda", "anima", False, anima="/content/anima-diffusers")
 
 
-def test_the_toy_animas_shapes_are_written_at_its_64_pixels(tmp_path):
+def test_the_toy_animas_shapes_are_written_at_its_128_pixels(tmp_path):
     config = shapes_dataset(ANIMA_TOY_CPU, tmp_path / "shapes", count=2)
     images = sorted((tmp_path / "shapes" / "images").glob("*.png"))
-    assert len(images) == 2 and Image.open(images[0]).size == (64, 64) and config.resolution == (64, 64)
+    assert len(images) == 2 and Image.open(images[0]).size == (128, 128) and config.resolution == (128, 128)
 
 
 def test_the_toy_anima_trains_with_the_anima_toy_recipe(tmp_path):
@@ -72,10 +72,10 @@ def test_real_anima_trains_with_kohyas_recommended_start_within_a_colab_budget(t
 
 
 @pytest.mark.parametrize("env, count, size", [
-    (Environment(False, None, "cpu", "anima-toy", False), AnimaToyRecipe().train_samples, 64),
+    (Environment(False, None, "cpu", "anima-toy", False), AnimaToyRecipe().train_samples, 128),
     (Environment(False, None, "cpu", "toy", False), ToyRecipe().train_samples, 128),
     (ANIMA_GPU, 200, 1024),
-    (ANIMA_TOY_CPU, 16, 64),
+    (ANIMA_TOY_CPU, 16, 128),
 ])
 def test_the_dataset_size_follows_the_model_and_quick_mode(env, count, size, tmp_path, monkeypatch):
     written = []

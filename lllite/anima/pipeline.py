@@ -306,7 +306,7 @@ def generate(pipe, prompt: str | list[str], *, negative_prompt: str | list[str] 
             prompt for every image.
         num_inference_steps: Euler steps, sigmas evenly spaced from 1 to 1/steps before the scheduler's shift.
         guidance_scale: classifier-free guidance; exactly 1.0 turns it off (one transformer call per step, not two).
-        height, width: pixels, multiples of 16; None takes the pipeline's default (1024; the toy was trained at 64).
+        height, width: pixels, multiples of 16; None takes the pipeline's default (1024; the toy was trained at 128).
         seed: seeds a CPU generator (ignored when ``generator`` is given).
         generator: torch generator(s) for the initial noise; a list gives one per image.
         latents: initial noise (B, 16, 1, H/8, W/8) instead of drawing it.

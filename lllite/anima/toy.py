@@ -50,8 +50,9 @@ from lllite.toy.tokenizers import CAPTION_WORDS, bytes_to_unicode, learn_bpe_mer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAIN_COMMAND = "python -m lllite.anima.pretrain"
-#: The side in pixels the toy Anima is pretrained at.
-IMAGE_SIZE = 64
+#: The side in pixels the toy Anima is pretrained at, and its recipe trains at: an 8 x 8 grid of DiT patches
+#: (16 x 16 latents, patch 2).
+IMAGE_SIZE = 128
 
 #: T5's special tokens, at T5's ids (0, 1, 2).
 T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
@@ -66,7 +67,7 @@ class AnimaToyConfig:
     channels for height, as many for width and the rest for time, and each part needs at least two pairs.
     """
 
-    sample_size: int = 64
+    sample_size: int = 128
     dit_layers: int = 4
     dit_heads: int = 3
     dit_head_dim: int = 32
@@ -242,7 +243,9 @@ class ToyRecipe(Recipe):
     shapes): ``self_attn_qkv`` at 2e-3 0.745 (3228 steps in 5 minutes, the CPU partly busy with other work) and
     at 4e-3 0.724 (3002 steps); every atomic target (adding cross-attention's q and the MLP's first Linear) at
     2e-3 0.774 and, in a second run with these defaults, 0.783 (its 4000 steps in 290 s on the idle CPU). On the
-    shipped base, 2600 steps: 2e-3 0.785 (0.730 on unseen sizes), 1e-3 0.775 (0.723).
+    second 64 px base, 2600 steps: 2e-3 0.785 (0.730 on unseen sizes), 1e-3 0.775 (0.723). All of these ran at 64 px;
+    at the toy's 128 px (its third pretraining run) the same recipe made 1541 and 1722 steps in the 5 minutes and
+    scored 0.888 and 0.895 (0.888 and 0.891 unseen).
     ``compile`` is off, as for the toy SDXL, where compiling cost more of the 5 minutes than it saved.
     """
 
