@@ -24,13 +24,13 @@ The shipped weights come from three runs, 93.8 minutes in all on a 2-core machin
    most triangles and squares read as no clear shape); worst caption of the gate 93.8%.
 3. ``--start-from stage2 --out-dir weights --image-size 128 --vae-steps 0 --dit-steps 20000 --dit-minutes 35
    --dit-lr 5e-4 --text-lr 5e-4 --threads 2`` (stage 2 was the weights shipped before; 36.1 minutes, the machine
-   idle): at 64 px the DiT sees a 4 x 4 grid of patches (8 x 8 latents, patch 2), at 128 px 8 x 8. The VAE needed
-   nothing: its round trip keeps a 128 px shape at IoU 0.95 to 0.98. The DiT made 10777 steps (loss 0.11 down to
-   0.048). Colour 96.9%, worst caption of the gate 81.2%, shape 28.1% (triangles 1 of 32): four times the patches
-   did not teach it corners; its shapes are ragged polygons rather than blobs, and guidance 2, flow shift 1 or 50
-   sampling steps draw the same. What it did change is the control: kohya's v2 LLLite trained by the demo's recipe
-   on this base at 128 px scores 0.895 at strength 1 (0.891 on unseen sizes) against 0.788 (0.724) on the 64 px
-   base, in the same 5 minutes.
+   idle but for a minute of other work): at 64 px the DiT sees a 4 x 4 grid of patches (8 x 8 latents, patch 2), at
+   128 px 8 x 8. The VAE needed nothing: its round trip keeps a 128 px shape at IoU 0.95 to 0.98. The DiT made 10777
+   steps (loss 0.11 down to 0.048). Colour 96.9%, worst caption of the gate 81.2%, shape 28.1% (triangles 1 of 32):
+   four times the patches did not teach it corners; its shapes are ragged polygons rather than blobs, and guidance
+   2, flow shift 1 or 50 sampling steps draw the same. What it did change is the control: kohya's v2 LLLite trained
+   by the demo's recipe on this base at 128 px scores 0.888 and 0.895 at strength 1 in two runs (0.888 and 0.891 on
+   unseen sizes) against 0.788 (0.724) on the 64 px base, in the same 5 minutes.
 
 A run from stage 2 with the DiT alone for 30 minutes, ``--timestep-sampling uniform`` at 3e-4, drew more shapes
 (36.5%) but lost colour (94.8%), and was not kept. What is left to suspect for the shapes is the DiT's size (4
