@@ -267,13 +267,14 @@ def test_the_dits_noise_levels_follow_the_timestep_sampling():
     from lllite.anima.pretrain import PretrainConfig, train_dit
 
     trained = {}
-    for sampling in ("sigmoid", "uniform"):
+    for sampling in ("sigmoid", "uniform", "shift"):
         cfg = PretrainConfig(dit_steps=2, dit_batch=2, warmup_steps=1, timestep_sampling=sampling)
         pipe = toy.build_pipeline("test")
         captions = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
         train_dit(pipe, torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(0)), captions, cfg)
         trained[sampling] = pipe.transformer.state_dict()
-    assert any(not torch.equal(trained["sigmoid"][key], trained["uniform"][key]) for key in trained["sigmoid"])
+    for other in ("uniform", "shift"):
+        assert any(not torch.equal(trained["sigmoid"][key], trained[other][key]) for key in trained["sigmoid"])
 
 
 def test_the_pretraining_stages_run_and_change_the_models():
