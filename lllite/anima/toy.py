@@ -67,7 +67,6 @@ class AnimaToyConfig:
     channels for height, as many for width and the rest for time, and each part needs at least two pairs.
     """
 
-    sample_size: int = 128
     dit_layers: int = 4
     dit_heads: int = 3
     dit_head_dim: int = 32
@@ -89,7 +88,6 @@ class AnimaToyConfig:
 CONFIGS = {
     "toy": AnimaToyConfig(),
     "test": AnimaToyConfig(
-        sample_size=64,
         dit_layers=1,
         dit_heads=2,
         dit_head_dim=12,
