@@ -132,8 +132,34 @@ def test_write_dataset_refuses_a_folder_holding_a_dataset_unless_overwrite(tmp_p
         ({"split": "test"}, "split 'test'"),
         ({"colour": "purple"}, "colour 'purple'"),
         ({"shape": "star"}, "shape 'star'"),
+        ({"orientation": "tilted"}, "orientation 'tilted'"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_the_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):
         render_sample(0, **kwargs)
+
+
+def test_upright_samples_differ_from_random_ones_only_in_their_angle():
+    for index in range(12):
+        turned, upright = render_sample(index, seed=2), render_sample(index, seed=2, orientation="upright")
+        assert (turned.caption, turned.shape) == (upright.caption, upright.shape)
+        # The same draw of background, centre and size: the masks share their centroid and (nearly) their area.
+        centres = [np.argwhere(sample.mask).mean(axis=0) for sample in (turned, upright)]
+        assert np.abs(centres[0] - centres[1]).max() < 1.5
+        assert abs(int(turned.mask.sum()) - int(upright.mask.sum())) <= 0.03 * turned.mask.sum()
+        if turned.shape == "circle":
+            np.testing.assert_array_equal(turned.image, upright.image)
+
+
+def _rows_and_columns(mask):
+    rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return mask[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+
+
+def test_upright_triangles_point_up_and_upright_squares_fill_their_box():
+    triangle = _rows_and_columns(render_sample(0, shape="triangle", orientation="upright", size=256).mask)
+    # Apex at the top: the top row is a few pixels wide, the bottom row spans (nearly) the whole box.
+    assert triangle[0].sum() < 0.1 * triangle.shape[1] and triangle[-1].sum() > 0.9 * triangle.shape[1]
+    square = _rows_and_columns(render_sample(0, shape="square", orientation="upright", size=256).mask)
+    assert square.mean() > 0.97

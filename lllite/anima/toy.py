@@ -15,6 +15,8 @@ shipped in ``lllite/anima/weights``.
 What differs from the real model, and why:
 
 - every size (see :class:`AnimaToyConfig`; the real sizes are in :data:`lllite.anima.pipeline.REAL_ANIMA`);
+- the DiT's ``rope_scale`` (:func:`toy_rope_scale`): the toy's small heads need their few rotary frequencies
+  where its 8 x 8 grid of patches can use them;
 - ``concat_padding_mask=False``: with True the DiT resizes the padding mask with torchvision, which cannot
   be installed beside the CPU torch here. The pipeline still passes ``padding_mask``; the toy DiT ignores it;
 - the adapter pads its output to ``min_sequence_length`` tokens (16, where Anima pads to 512);
@@ -53,6 +55,10 @@ PRETRAIN_COMMAND = "python -m lllite.anima.pretrain"
 #: The side in pixels the toy Anima is pretrained at, and its recipe trains at: an 8 x 8 grid of DiT patches
 #: (16 x 16 latents, patch 2).
 IMAGE_SIZE = 128
+
+#: The toy DiT's slowest rotary frequency along height and width, in radians per patch (its fastest is 1, as in any
+#: Cosmos DiT). See :func:`toy_rope_scale`.
+ROPE_SLOWEST = 0.1
 
 #: T5's special tokens, at T5's ids (0, 1, 2).
 T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
@@ -130,6 +136,36 @@ def make_t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=pieces, eos_token=T5_EOS, unk_token=T5_UNK, pad_token=T5_PAD, extra_ids=0)
 
 
+def toy_rope_scale(head_dim: int) -> tuple[float, float, float]:
+    """The ``rope_scale`` that spreads the toy DiT's spatial rotary frequencies from 1 down to :data:`ROPE_SLOWEST`
+    radians per patch.
+
+    Cosmos' RoPE gives height (and width) ``head_dim // 6 * 2`` channels, ``d``, rotated at ``theta ** (-2 i / d)``
+    radians per patch for i < d / 2, with ``theta = 10000 * scale ** (d / (d - 2))``. Anima's 128-channel heads get
+    21 frequencies per axis and ``rope_scale`` (1, 4, 4). The toy's 32-channel heads get 5, and Anima's scale puts
+    them at 1, 0.11, 0.013, 0.0014 and 0.0002: across 8 patches only the first two turn, and the first comes back
+    to where it started after about 6 patches, so a patch can hardly tell its neighbour from one 6 patches away. With
+    the slowest at 0.1 they are 1, 0.56, 0.32, 0.18 and 0.1. Time keeps Anima's 1 (an image is one frame).
+    """
+    channels = head_dim // 6 * 2
+    scale = (1 / ROPE_SLOWEST) * 10000.0 ** (-(channels - 2) / channels)
+    return (REAL_ANIMA["transformer"]["rope_scale"][0], scale, scale)
+
+
+def use_toy_rope(transformer: CosmosTransformer3DModel) -> bool:
+    """Give a loaded toy DiT the rotary frequencies of :func:`toy_rope_scale` (RoPE has no weights, so only its
+    config and its frequency table change); return whether they changed. A DiT saved before the toy took its own
+    ``rope_scale`` carries Anima's."""
+    config = transformer.config
+    wanted = toy_rope_scale(config.attention_head_dim)
+    if tuple(config.rope_scale) == wanted:
+        return False
+    transformer.register_to_config(rope_scale=wanted)
+    transformer.rope = type(transformer.rope)(hidden_size=config.attention_head_dim, max_size=config.max_size,
+                                              patch_size=config.patch_size, rope_scale=wanted)
+    return True
+
+
 def make_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """Anima's sampler, as diffusers' conversion script makes it."""
     return FlowMatchEulerDiscreteScheduler(shift=REAL_ANIMA["scheduler"]["shift"])
@@ -187,7 +223,7 @@ def build_pipeline(config: str = "toy", seed: int = 0, device="cpu"):
             adaln_lora_dim=cfg.adaln_lora_dim,
             max_size=(128, 240, 240),
             patch_size=REAL_ANIMA["transformer"]["patch_size"],
-            rope_scale=REAL_ANIMA["transformer"]["rope_scale"],
+            rope_scale=toy_rope_scale(cfg.dit_head_dim),
             concat_padding_mask=False,
             extra_pos_embed_type=None,
         )
@@ -243,7 +279,8 @@ class ToyRecipe(Recipe):
     2e-3 0.774 and, in a second run with these defaults, 0.783 (its 4000 steps in 290 s on the idle CPU). On the
     second 64 px base, 2600 steps: 2e-3 0.785 (0.730 on unseen sizes), 1e-3 0.775 (0.723). All of these ran at 64 px;
     at the toy's 128 px (its third pretraining run) the same recipe made 1541 and 1722 steps in the 5 minutes and
-    scored 0.888 and 0.895 (0.888 and 0.891 unseen).
+    scored 0.888 and 0.895 (0.888 and 0.891 unseen), and on the fifth run's base (upright shapes) 1559 steps, 0.891
+    (0.856 unseen).
     ``compile`` is off, as for the toy SDXL, where compiling cost more of the 5 minutes than it saved.
     """
 

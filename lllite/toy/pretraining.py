@@ -34,17 +34,19 @@ class PretrainError(LLLiteError):
     """A pretraining setting that cannot work; the message names it and what would."""
 
 
-def render_training_set(cfg, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def render_training_set(cfg, progress: bool = True, orientation: str = "random"
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images in [-1, 1] (N, 3, H, W), shape masks (N, 1, H, W) and captions, from the ``"train"`` stream.
 
     Args:
         cfg: a toy's pretraining settings: ``train_samples``, ``seed`` and ``image_size`` are read.
+        orientation: how squares and triangles stand (:func:`lllite.toy.shapes.render_sample`).
     """
     images = np.empty((cfg.train_samples, cfg.image_size, cfg.image_size, 3), np.uint8)
     masks = np.empty((cfg.train_samples, 1, cfg.image_size, cfg.image_size), np.float32)
     captions = []
     for index in tqdm(range(cfg.train_samples), desc="rendering shapes", unit="image", mininterval=5, disable=not progress):
-        sample = render_sample(index, seed=cfg.seed, size=cfg.image_size)
+        sample = render_sample(index, seed=cfg.seed, size=cfg.image_size, orientation=orientation)
         images[index] = sample.image
         masks[index, 0] = sample.mask > 0
         captions.append(sample.caption)

@@ -34,6 +34,11 @@ RADIUS_RANGE = (0.125, 0.28)
 # Positions are drawn as in the other splits, so a larger shape also reaches places no training shape's
 # centre did.
 UNSEEN_RADIUS_RANGES = ((0.09, 0.125), (0.28, 0.34))
+# How squares and triangles may stand: turned by a random angle, or upright.
+ORIENTATIONS = ("random", "upright")
+# The angle of the first vertex (image coordinates, y down) of an upright shape: a triangle with its apex at the
+# top, a square with its sides along the image's.
+UPRIGHT_ANGLES = {"triangle": -np.pi / 2, "square": np.pi / 4}
 COLOUR_JITTER = 12
 # Background brightness ranges; yellow is as bright as a light background, so it only gets dark ones.
 DARK_BACKGROUND = (5, 35)
@@ -95,6 +100,7 @@ def render_sample(
     split: str = "train",
     colour: str | None = None,
     shape: str | None = None,
+    orientation: str = "random",
 ) -> ShapeSample:
     """Render sample number ``index`` of the stream ``(seed, split)``.
 
@@ -105,6 +111,8 @@ def render_sample(
         split: ``"train"``, ``"eval"`` or ``"unseen"``; no two share a random stream. ``"unseen"`` draws sizes
             outside the other two's range (:data:`UNSEEN_RADIUS_RANGES`).
         colour, shape: force the caption words (otherwise drawn at random, uniformly).
+        orientation: ``"random"`` turns squares and triangles by a random angle; ``"upright"`` stands them as
+            :data:`UPRIGHT_ANGLES` says (the random stream is the same either way: only the angle differs).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
@@ -112,6 +120,8 @@ def render_sample(
         raise ValueError(f"unknown colour {colour!r}; choose one of {sorted(COLOURS)}")
     if shape is not None and shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {list(SHAPES)}")
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"unknown orientation {orientation!r}; choose one of {list(ORIENTATIONS)}")
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")
     height, width = (size, size) if isinstance(size, int) else size
@@ -125,6 +135,8 @@ def render_sample(
     radius = rng.uniform(*radii) * min(height, width)
     centre = np.array([rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)])
     angle = rng.uniform(0, 2 * np.pi)
+    if orientation == "upright":
+        angle = UPRIGHT_ANGLES.get(shape, angle)
     rgb = np.clip(np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3), 0, 255)
 
     image = _background(rng, height, width, colour)
