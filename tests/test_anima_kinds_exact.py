@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 import lllite
 from lllite.anima import create_network
+from lllite.anima.config import GATE_INIT_BIAS
 from lllite.anima.pipeline import (
     encode_prompts,
     encode_with,
@@ -218,8 +219,12 @@ def make(pipe, kind, seed=1, **changes):
     network = create_network(pipe.transformer, **{**SMALL, **KINDS[kind], **changes})
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in network.parameters():
+        for name, p in network.named_parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+            if name.endswith("gate.bias"):
+                # v3's gates as they start (open, sigmoid(2) = 0.88): with a random bias near 0 a gate halves the
+                # change, which on the toy Anima can fall under the 1% that assert_close needs to prove anything.
+                p.fill_(GATE_INIT_BIAS)
     return network.eval()
 
 
