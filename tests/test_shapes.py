@@ -152,14 +152,14 @@ def test_upright_samples_differ_from_random_ones_only_in_their_angle():
             np.testing.assert_array_equal(turned.image, upright.image)
 
 
-def _rows_and_columns(mask):
+def _bounding_box(mask):
     rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     return mask[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
 def test_upright_triangles_point_up_and_upright_squares_fill_their_box():
-    triangle = _rows_and_columns(render_sample(0, shape="triangle", orientation="upright", size=256).mask)
+    triangle = _bounding_box(render_sample(0, shape="triangle", orientation="upright", size=256).mask)
     # Apex at the top: the top row is a few pixels wide, the bottom row spans (nearly) the whole box.
     assert triangle[0].sum() < 0.1 * triangle.shape[1] and triangle[-1].sum() > 0.9 * triangle.shape[1]
-    square = _rows_and_columns(render_sample(0, shape="square", orientation="upright", size=256).mask)
+    square = _bounding_box(render_sample(0, shape="square", orientation="upright", size=256).mask)
     assert square.mean() > 0.97
