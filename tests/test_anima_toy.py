@@ -227,7 +227,7 @@ def test_the_shipped_toy_draws_the_captions_colour():
     from lllite.anima.pretrain import quality_gate
 
     # 4 seeds of each of the 12 captions at the toy's size; the pretraining's gate (16 seeds) measured a mean of 97.9%.
-    rates = quality_gate(toy.load_pretrained(), seeds=4, num_inference_steps=20, size=toy.IMAGE_SIZE)
+    rates = quality_gate(toy.load_pretrained(), seeds=4, num_inference_steps=20)
     assert np.mean(list(rates.values())) >= 0.75
 
 

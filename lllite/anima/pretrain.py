@@ -93,7 +93,7 @@ from tqdm.auto import tqdm
 from lllite.anima.objective import noisy_latents, sample_sigmas, velocity
 from lllite.anima.pipeline import (MODULAR_INDEX, decode_latents, encode_images, encode_prompts, generate,
                                    load_pipeline, save_pipeline, to_uint8_images, transformer_inputs)
-from lllite.anima.toy import WEIGHTS_DIR, build_pipeline, use_toy_rope
+from lllite.anima.toy import IMAGE_SIZE, WEIGHTS_DIR, build_pipeline, use_toy_rope
 from lllite.metrics import has_colour_blob
 from lllite.objective import lr_factor, noise_loss
 from lllite.toy import pretraining
@@ -292,7 +292,7 @@ def vae_round_trip_iou(pipe, size: int, count: int = 48) -> dict[str, float]:
 
 @torch.no_grad()
 def quality_gate(pipe, seeds: int = 16, num_inference_steps: int = 20, guidance_scale: float = 4.0,
-                 size: int = 64) -> dict[str, float]:
+                 size: int = IMAGE_SIZE) -> dict[str, float]:
     """For every caption, the fraction of ``seeds`` whose image shows a blob of the caption's colour with a
     plausible size (:func:`lllite.metrics.has_colour_blob`), sampled by the pipeline itself (:func:`generate`)."""
     rates = {}
